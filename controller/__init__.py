@@ -1,0 +1,1 @@
+"""The generation loop: creating or resuming runs, the local executor, reports, the CLI."""

@@ -1,0 +1,66 @@
+"""`esgd report`: per-generation numbers as JSON, or the paper's plots as PNG files."""
+
+import json
+from pathlib import Path
+
+from esgd.core import keys
+from esgd.core.manifest import HISTORY, from_parquet
+from esgd.core.metrics import summarize
+from esgd.core.spec import load_spec
+from esgd.store.base import NotFound, Store, StoreError
+
+
+def load(store: Store, run_id: str) -> tuple[list[dict], dict | None]:
+    """(per-generation summaries, final summary or None)."""
+    try:
+        spec = load_spec(store.get(keys.spec(run_id)).decode())
+        rows = from_parquet(store.get(keys.history(run_id)), HISTORY)
+    except NotFound:
+        raise StoreError(f"run {run_id} has no committed generation in {store.uri}") from None
+    try:
+        final = store.get_json(keys.final_summary(run_id))
+    except NotFound:
+        final = None
+    return summarize(rows, spec.m), final
+
+
+def json_lines(summaries: list[dict]) -> str:
+    return "\n".join(json.dumps(s) for s in summaries)
+
+
+def plots(summaries: list[dict], out: Path, title: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    gens = [s["generation"] for s in summaries]
+    files = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.fill_between(gens, [s["top15"][0] for s in summaries], [s["top15"][1] for s in summaries], alpha=0.3, label="best .. 15th best")
+    ax.plot(gens, [s["best"] for s in summaries], marker="o", label="best")
+    ax.plot(gens, [s["elite_mean"] for s in summaries], label="m-elitist mean")
+    ax.plot(gens, [s["mean"] for s in summaries], linestyle="--", label="population mean")
+    ax.set(xlabel="generation", ylabel="fitness (loss, lower is better)", title=f"{title}: fitness per generation")
+    ax.legend()
+    files.append(out / "fitness.png")
+
+    fig2, ax2 = plt.subplots(figsize=(7, 3))
+    ax2.bar(gens, [100 * s["offspring_in_elite"] for s in summaries])
+    ax2.set(xlabel="generation", ylabel="% offspring", ylim=(0, 100), title=f"{title}: offspring among the m elites")
+    files.append(out / "offspring_in_elite.png")
+
+    fig3, ax3 = plt.subplots(figsize=(7, 3))
+    names = sorted({s["best_optimizer"] or "-" for s in summaries})
+    ax3.scatter(gens, [names.index(s["best_optimizer"] or "-") for s in summaries])
+    ax3.set_yticks(range(len(names)), names)
+    ax3.set(xlabel="generation", title=f"{title}: optimizer of the best individual after the SGD step")
+    files.append(out / "best_optimizer.png")
+
+    for figure, path in zip((fig, fig2, fig3), files):
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+    return files

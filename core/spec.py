@@ -1,0 +1,312 @@
+"""The run spec: every knob of a run, typed, with a docstring per field (the user's documentation).
+
+`esgd spec --schema` prints the JSON schema built from these classes; examples/ holds documented specs.
+"""
+
+import math
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Mode = Literal["esgd", "population", "no-evolution", "single"]
+OptimizerName = Literal["sgd", "nesterov", "adam", "adamw", "rmsprop"]
+
+
+class SpecError(ValueError):
+    """Bad input in a run spec; the message names the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+class Schedule(_Model):
+    """A value annealed over the generations, from `start` (generation 0) to `end` (the last one)."""
+
+    start: float = Field(ge=0)
+    """Value at generation 0."""
+    end: float | None = Field(default=None, ge=0)
+    """Value at the last generation; omitted means constant."""
+    kind: Literal["constant", "linear", "exponential", "cosine"] = "exponential"
+    """Shape of the path from start to end (exponential: geometric interpolation, needs start, end > 0)."""
+
+    @model_validator(mode="after")
+    def _exponential_needs_positive(self) -> "Schedule":
+        if self.kind == "exponential" and self.end is not None and (self.start <= 0 or self.end <= 0):
+            raise ValueError("an exponential schedule needs start > 0 and end > 0")
+        return self
+
+
+class Range(_Model):
+    """A closed interval [low, high] to draw a hyper-parameter from."""
+
+    low: float = Field(ge=0)
+    """Lower bound (inclusive)."""
+    high: float = Field(ge=0)
+    """Upper bound (inclusive)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_pair(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return {"low": value[0], "high": value[1]}
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return {"low": value, "high": value}
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class OptimizerRange(_Model):
+    """Where an individual's hyper-parameters are drawn from when it picks this optimizer."""
+
+    lr: Range
+    """Learning-rate range [low, high], drawn log-uniformly (low > 0), then scaled by sgd.lr_anneal."""
+    momentum: Range = Range(low=0.0, high=0.0)
+    """Momentum range (sgd, nesterov, rmsprop), drawn uniformly."""
+    weight_decay: Range = Range(low=0.0, high=0.0)
+    """Weight-decay range, drawn uniformly."""
+    beta1: Range = Range(low=0.9, high=0.9)
+    """Adam/AdamW beta1 range, drawn uniformly."""
+    beta2: Range = Range(low=0.999, high=0.999)
+    """Adam/AdamW beta2 range, drawn uniformly."""
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, value: Range) -> Range:
+        if value.low <= 0:
+            raise ValueError("lr must be > 0")
+        return value
+
+    @field_validator("momentum", "beta1", "beta2")
+    @classmethod
+    def _below_one(cls, value: Range) -> Range:
+        if value.high >= 1:
+            raise ValueError("must be < 1")
+        return value
+
+
+class FixedOptimizer(_Model):
+    """One optimizer with fixed hyper-parameters (the `single` mode and fine-tuning)."""
+
+    optimizer: OptimizerName = "nesterov"
+    """Optimizer family."""
+    lr: float = Field(default=0.05, gt=0)
+    """Learning rate."""
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    """Momentum (sgd, nesterov, rmsprop)."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """Weight decay."""
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    """Adam/AdamW beta1."""
+    beta2: float = Field(default=0.999, ge=0, lt=1)
+    """Adam/AdamW beta2."""
+    batch_size: int = Field(default=64, ge=1)
+    """Mini-batch size."""
+
+
+class InitSpec(_Model):
+    """How generation 0 is made."""
+
+    checkpoint: str | None = None
+    """Path of an ESGD checkpoint (Arrow IPC) to start every individual from; omitted: random init."""
+    sigma: float = Field(default=0.0, ge=0)
+    """Std of the Gaussian noise added to the checkpoint's parameters for each individual."""
+
+
+class PopulationSpec(_Model):
+    """Population sizes (the paper's µ, λ, ρ, m)."""
+
+    mu: int = Field(default=8, ge=1)
+    """µ: number of parents, each trained on its own in the SGD step."""
+    offspring: int = Field(default=8, ge=1)
+    """λ: offspring made in each evolution round."""
+    rho: int = Field(default=2, ge=1)
+    """ρ: parents per offspring, picked by roulette wheel, distinct."""
+    elite: int | None = Field(default=None, ge=1)
+    """m: the best m of µ+λ always survive; default 60 % of µ (rounded, at least 1)."""
+    init: InitSpec = InitSpec()
+    """Initialisation of generation 0."""
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "PopulationSpec":
+        if self.elite is not None and self.elite > self.mu:
+            raise ValueError(f"population.elite (m={self.elite}) must not exceed population.mu ({self.mu})")
+        if self.rho > self.mu:
+            raise ValueError(f"population.rho ({self.rho}) must not exceed population.mu ({self.mu})")
+        return self
+
+    @property
+    def m(self) -> int:
+        return self.elite if self.elite is not None else max(1, math.floor(0.6 * self.mu + 0.5))
+
+
+def _default_optimizers() -> dict:
+    return {
+        "sgd": OptimizerRange(lr=Range(low=0.02, high=0.2), momentum=Range(low=0.0, high=0.9)),
+        "nesterov": OptimizerRange(lr=Range(low=0.02, high=0.2), momentum=Range(low=0.8, high=0.95)),
+        "adam": OptimizerRange(lr=Range(low=3e-4, high=3e-3)),
+    }
+
+
+class SGDSpec(_Model):
+    """The SGD step: every individual trains on its own."""
+
+    epochs: int = Field(default=1, ge=1)
+    """Ks: epochs per generation; fitness is checked after each (back-off)."""
+    optimizers: dict[OptimizerName, OptimizerRange] = Field(default_factory=_default_optimizers, min_length=1)
+    """Optimizer pool: each individual draws one family uniformly, then its hyper-parameters."""
+    batch_size: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
+    """Mini-batch sizes to draw from uniformly."""
+    lr_anneal: Schedule = Schedule(start=1.0, end=0.1, kind="exponential")
+    """Factor applied to every lr range per generation (the lr range shrinks over generations)."""
+    backoff: float = Field(default=1.0, ge=0, le=1)
+    """p_backoff: probability of returning to the previous epoch's weights when fitness got worse (1: strict)."""
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(b < 1 for b in value):
+            raise ValueError("batch sizes must be >= 1")
+        return value
+
+
+class EvolutionSpec(_Model):
+    """The evolution step: recombination, mutation, m-elitist selection."""
+
+    rounds: int = Field(default=1, ge=1)
+    """Kv: evolution rounds per generation."""
+    sigma: Schedule = Schedule(start=0.01, end=0.001, kind="exponential")
+    """σ_k: std of the Gaussian mutation added to the mean of the ρ parents."""
+    roulette_floor: float = Field(default=0.05, ge=0)
+    """Weight of the worst individual on the roulette wheel, as a share of the pool's loss spread."""
+
+
+class FinetuneSpec(FixedOptimizer):
+    """Optional fine-tuning of every individual after the last generation."""
+
+    epochs: int = Field(default=0, ge=0)
+    """Epochs of fine-tuning (0: none)."""
+    lr: float = Field(default=0.005, gt=0)
+    """Learning rate (small)."""
+
+
+class ReferenceSpec(_Model):
+    """Optional reference model, inserted unchanged into every generation's selection pool."""
+
+    checkpoint: str | None = None
+    """Path of an ESGD checkpoint (Arrow IPC); omitted: no reference model."""
+
+
+class RunSpec(_Model):
+    """An ESGD run."""
+
+    name: str = Field(default="esgd", pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+    """Run name: lower-case letters, digits and dashes (it becomes part of Kubernetes names)."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of every random draw: same spec and seed, same history."""
+    mode: Mode = "esgd"
+    """esgd, population (hyper-parameters drawn once, no evolution), no-evolution, or single (one model)."""
+    task: str = "esgd.worker.tasks.digits:task"
+    """Import path `package.module:function` of the task (see docs/tasks.md)."""
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments passed to the task function."""
+    generations: int = Field(default=10, ge=1)
+    """K: number of generations."""
+    population: PopulationSpec = PopulationSpec()
+    """µ, λ, ρ, m and initialisation."""
+    sgd: SGDSpec = SGDSpec()
+    """The SGD step."""
+    evolution: EvolutionSpec = EvolutionSpec()
+    """The evolution step (esgd mode only)."""
+    single: FixedOptimizer = FixedOptimizer()
+    """Optimizer of the `single` mode; its lr is halved whenever fitness gets worse."""
+    finetune: FinetuneSpec = FinetuneSpec()
+    """Fine-tuning after the last generation."""
+    reference: ReferenceSpec = ReferenceSpec()
+    """Reference model (the paper's language-model variant)."""
+    device: str = "auto"
+    """Device for the local backend: auto (every local GPU, else the CPU), cpu, cuda or cuda:N."""
+
+    @field_validator("task")
+    @classmethod
+    def _import_path(cls, value: str) -> str:
+        module, _, function = value.partition(":")
+        if not module or not function:
+            raise ValueError(f"task must look like package.module:function, got {value!r}")
+        return value
+
+    @property
+    def mu(self) -> int:
+        """Population size actually trained: 1 in the single mode."""
+        return 1 if self.mode == "single" else self.population.mu
+
+    @property
+    def m(self) -> int:
+        return 1 if self.mode == "single" else self.population.m
+
+    @property
+    def evolves(self) -> bool:
+        return self.mode == "esgd"
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"--set {dotted}: {key} is not a mapping")
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `key.sub=value` overrides; values are parsed as YAML (so 0.1, true, [1, 2] work)."""
+    data = dict(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected key=value")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return data
+
+
+def _error_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "spec"
+    msg = first["msg"].removeprefix("Value error, ")
+    more = len(error.errors()) - 1
+    return f"{loc}: {msg}" + (f" (and {more} more)" if more else "")
+
+
+def parse_spec(data: Any) -> RunSpec:
+    """Validate a spec mapping; raises SpecError with one line naming the field."""
+    if not isinstance(data, dict):
+        raise SpecError("spec: expected a mapping at the top level")
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(_error_line(error)) from None
+
+
+def load_spec(text: str, overrides: list[str] = ()) -> RunSpec:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise SpecError(f"spec is not valid YAML: {error}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise SpecError("spec: expected a mapping at the top level")
+    return parse_spec(apply_overrides(data, list(overrides)))
+
+
+def dump_spec(spec: RunSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def json_schema() -> dict:
+    return RunSpec.model_json_schema()

@@ -1,0 +1,110 @@
+"""Checkpoint format: Arrow IPC, no pickle.
+
+A checkpoint is one flat vector of floating-point values (every float parameter and buffer,
+flattened in state-dict order) written as an Arrow IPC stream, one record batch per chunk of
+CHUNK values, so a reader can stream it chunk by chunk. The schema's metadata holds the layout:
+name, shape, dtype and kind (param or buffer) of every entry and its offset in the vector, plus
+the integer buffers (BatchNorm's num_batches_tracked, ...), which are tiny and kept as JSON.
+The checksum lives in the record that references the checkpoint (store.base.Store.put_blob).
+"""
+
+import json
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+CHUNK = 1 << 20  # values per record batch: 4 MiB of float32
+FORMAT = b"esgd-checkpoint/1"
+
+
+@dataclass
+class Entry:
+    name: str
+    shape: list[int]
+    dtype: str  # torch dtype name, e.g. "float32", "bfloat16"
+    kind: str  # "param" (mutated) or "buffer" (averaged, never mutated)
+    offset: int = 0
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass
+class Layout:
+    entries: list[Entry]
+    ints: dict[str, dict] = field(default_factory=dict)  # name -> {shape, dtype, values}
+    vector_dtype: str = "float32"  # float32, or float64 when any entry is float64
+
+    @property
+    def numel(self) -> int:
+        return sum(e.numel for e in self.entries)
+
+    def param_mask(self) -> np.ndarray:
+        mask = np.zeros(self.numel, dtype=bool)
+        for e in self.entries:
+            if e.kind == "param":
+                mask[e.offset : e.offset + e.numel] = True
+        return mask
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"entries": [e.__dict__ for e in self.entries], "ints": self.ints, "vector_dtype": self.vector_dtype}
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Layout":
+        raw = json.loads(data)
+        return cls([Entry(**e) for e in raw["entries"]], raw["ints"], raw["vector_dtype"])
+
+    def same_shape(self, other: "Layout") -> bool:
+        return [(e.name, e.shape) for e in self.entries] == [(e.name, e.shape) for e in other.entries]
+
+
+def _schema(layout: Layout) -> pa.Schema:
+    return pa.schema([("values", pa.from_numpy_dtype(np.dtype(layout.vector_dtype)))],
+                     metadata={b"esgd.format": FORMAT, b"esgd.layout": layout.to_json()})
+
+
+def encode_chunks(layout: Layout, chunks: Iterator[np.ndarray]) -> bytes:
+    """Write a checkpoint from an iterator of vector chunks (any sizes, in order)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, _schema(layout)) as writer:
+        for chunk in chunks:
+            for start in range(0, len(chunk), CHUNK):
+                writer.write_batch(pa.record_batch([pa.array(chunk[start : start + CHUNK])], names=["values"]))
+    return sink.getvalue().to_pybytes()
+
+
+def encode(layout: Layout, vector: np.ndarray) -> bytes:
+    if len(vector) != layout.numel:
+        raise ValueError(f"vector has {len(vector)} values, layout {layout.numel}")
+    return encode_chunks(layout, iter([np.ascontiguousarray(vector, dtype=layout.vector_dtype)]))
+
+
+def _open(data: bytes) -> pa.ipc.RecordBatchStreamReader:
+    reader = pa.ipc.open_stream(pa.BufferReader(data))
+    if (reader.schema.metadata or {}).get(b"esgd.format") != FORMAT:
+        raise ValueError("not an ESGD checkpoint (format marker missing)")
+    return reader
+
+
+def read_layout(data: bytes) -> Layout:
+    return Layout.from_json(_open(data).schema.metadata[b"esgd.layout"])
+
+
+def iter_chunks(data: bytes) -> Iterator[np.ndarray]:
+    """The vector, one record batch at a time (zero-copy views into `data`)."""
+    for batch in _open(data):
+        yield batch.column(0).to_numpy(zero_copy_only=True)
+
+
+def decode(data: bytes) -> tuple[Layout, np.ndarray]:
+    layout = read_layout(data)
+    chunks = list(iter_chunks(data))
+    vector = np.concatenate(chunks) if chunks else np.zeros(0, dtype=layout.vector_dtype)
+    if len(vector) != layout.numel:
+        raise ValueError(f"checkpoint holds {len(vector)} values, its layout {layout.numel}")
+    return layout, vector

@@ -1,0 +1,5 @@
+import sys
+
+from esgd.worker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""A run as a worker sees it: its store, id, frozen spec, task and device."""
+
+from functools import cached_property
+
+import torch
+
+from esgd.core import keys
+from esgd.core.spec import RunSpec, load_spec
+from esgd.store import checkpoint
+from esgd.store.base import Store
+from esgd.store.uri import open_run, run_uri
+from esgd.worker.task import Task, load_task
+from esgd.worker.weights import load_into, to_checkpoint
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Run:
+    def __init__(self, store: Store, run_id: str, spec: RunSpec, device: str | None = None):
+        self.store, self.id, self.spec = store, run_id, spec
+        self.device = resolve_device(device or spec.device)
+
+    @classmethod
+    def open(cls, uri: str, device: str | None = None) -> "Run":
+        store, run_id = open_run(uri)
+        return cls(store, run_id, load_spec(store.get(keys.spec(run_id)).decode()), device)
+
+    @property
+    def uri(self) -> str:
+        return run_uri(self.store, self.id)
+
+    @cached_property
+    def task(self) -> Task:
+        return load_task(self.spec.task, self.spec.task_args)
+
+    @cached_property
+    def train_data(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(self.device) for t in self.task.train)
+
+    @cached_property
+    def fitness_data(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(self.device) for t in self.task.fitness)
+
+    def seed(self, generation: int, member: str) -> tuple:
+        return (self.spec.seed, generation, member)
+
+    def new_model(self) -> torch.nn.Module:
+        return self.task.model().to(self.device)
+
+    def load_model(self, ref: dict) -> torch.nn.Module:
+        """A model from a checkpoint reference, checksum verified."""
+        model = self.new_model()
+        load_into(model, *checkpoint.decode(self.store.get_verified(ref)))
+        return model
+
+    def save_model(self, model: torch.nn.Module, key: str) -> dict:
+        return self.store.put_blob(key, checkpoint.encode(*to_checkpoint(model)))

@@ -1,0 +1,312 @@
+"""The worker steps of a run. Each reads its inputs from the store and commits its outputs there;
+a step whose commit record exists does nothing, so any step can be re-run safely."""
+
+import json
+
+import numpy as np
+import torch
+
+from esgd.core import hparams, keys
+from esgd.core.manifest import HISTORY, MANIFEST, concat, from_parquet, to_parquet
+from esgd.core.plan import rounds
+from esgd.core.rng import generator, int_seed
+from esgd.core.schedules import value_at
+from esgd.core.selection import elitist_select, pick_parents, rank, roulette_weights
+from esgd.store import checkpoint
+from esgd.store.base import NotFound, StoreError, attempt_id
+from esgd.store.uri import read_uri
+from esgd.worker import evolve as ops
+from esgd.worker.run import Run
+from esgd.worker.train import fitness, metric, train as train_member
+from esgd.worker.weights import load_into
+
+
+def _ref(record: dict) -> dict:
+    return {k: record[k] for k in ("checkpoint", "sha256", "size")}
+
+
+def _row(record: dict, role: str, born: int, parents: list[str], hp: dict | None = None) -> dict:
+    return {
+        "member": record["member"], **_ref(record), "fitness": record["fitness"], "role": role, "born": born,
+        "parents": parents, "elite": False, "hparams": json.dumps(hp, sort_keys=True) if hp else "",
+    }
+
+
+def _manifest(run: Run, key: str) -> list[dict]:
+    try:
+        return from_parquet(run.store.get(key), MANIFEST, key)
+    except NotFound:
+        raise StoreError(f"{key} is not committed yet: run the earlier steps first") from None
+
+
+def _mark_elite(rows: list[dict], m: int) -> list[dict]:
+    best = {int(i) for i in rank([r["fitness"] for r in rows])[:m]}
+    return [dict(r, elite=i in best) for i, r in enumerate(rows)]
+
+
+def _slots(rows: list[dict], members: tuple[int, int] | None) -> range:
+    start, stop = members or (0, len(rows))
+    if stop > len(rows):
+        raise ValueError(f"--members {start}..{stop} is outside the population (size {len(rows)})")
+    return range(start, stop)
+
+
+# Generation 0 -----------------------------------------------------------------------------------
+
+def _initial_model(run: Run, member: str, base: bytes | None) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int_seed(run.spec.seed, 0, member, "init"))
+        model = run.task.model()
+        if base is not None:
+            load_into(model, *checkpoint.decode(base))
+            sigma = run.spec.population.init.sigma
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p) * sigma)
+    return model.to(run.device)
+
+
+def _reference(run: Run) -> dict | None:
+    if not run.spec.reference.checkpoint:
+        return None
+    key = keys.reference(run.id)
+    if not run.store.exists(key):
+        data = read_uri(run.spec.reference.checkpoint)
+        model = run.new_model()
+        load_into(model, *checkpoint.decode(data))
+        ref = run.store.put_blob(keys.reference_checkpoint(run.id, attempt_id()), data)
+        run.store.commit_json(key, {"member": "reference", **ref, "fitness": fitness(model, run.task, run.fitness_data)})
+    return run.store.get_json(key)
+
+
+def init(run: Run) -> None:
+    """Generation 0: µ individuals, random or perturbed from a checkpoint, with their fitness."""
+    if run.store.exists(keys.parents(run.id, 0)):
+        return
+    base = read_uri(run.spec.population.init.checkpoint) if run.spec.population.init.checkpoint else None
+    rows = []
+    for index in range(run.spec.mu):
+        member = keys.initial_id(index)
+        key = keys.init_record(run.id, member)
+        if not run.store.exists(key):
+            model = _initial_model(run, member, base)
+            ref = run.save_model(model, keys.init_checkpoint(run.id, member, attempt_id()))
+            run.store.commit_json(key, {"member": member, **ref, "fitness": fitness(model, run.task, run.fitness_data)})
+        rows.append(_row(run.store.get_json(key), "parent", 0, []))
+    _reference(run)
+    run.store.put_if_absent(keys.parents(run.id, 0), to_parquet(_mark_elite(rows, run.spec.m), MANIFEST))
+
+
+# The SGD step -----------------------------------------------------------------------------------
+
+def _train_rows(run: Run, rows: list[dict], slots: range, hp_of, epochs: int, generation: int, record_key) -> None:
+    spec = run.spec
+    for slot in slots:
+        row = rows[slot]
+        key = record_key(row["member"])
+        if run.store.exists(key):
+            continue
+        model = run.load_model(row)
+        hp = hp_of(row)
+        result = train_member(
+            model, run.task, run.train_data, run.fitness_data, hp, epochs, row["fitness"],
+            1.0 if spec.mode == "single" else spec.sgd.backoff, run.seed(generation, row["member"]),
+            halve_lr=spec.mode == "single",
+        )
+        ref = run.save_model(model, key.removesuffix(".json") + f"/{attempt_id()}.arrow")
+        run.store.commit_json(key, {
+            "member": row["member"], **ref, "fitness": result.fitness, "fitness_before": row["fitness"],
+            "hparams": result.hparams, "backoffs": result.backoffs, "epochs": epochs, "epoch_fitness": result.epoch_fitness,
+        })
+
+
+def train(run: Run, generation: int, members: tuple[int, int] | None = None) -> None:
+    """Train population slots [a, b) of `generation` for Ks epochs each, with back-off."""
+    rows = _manifest(run, keys.parents(run.id, generation))
+    previous = lambda row: json.loads(row["hparams"]) if row["hparams"] else None  # noqa: E731
+    _train_rows(
+        run, rows, _slots(rows, members),
+        lambda row: hparams.for_generation(run.spec, generation, row["member"], previous(row)),
+        run.spec.sgd.epochs, generation, lambda member: keys.train_record(run.id, generation, member),
+    )
+
+
+def _trained(run: Run, generation: int) -> list[dict]:
+    out = []
+    for row in _manifest(run, keys.parents(run.id, generation)):
+        try:
+            rec = run.store.get_json(keys.train_record(run.id, generation, row["member"]))
+        except NotFound:
+            raise StoreError(f"member {row['member']} of generation {generation} is not trained yet") from None
+        out.append(dict(row, **_ref(rec), fitness=rec["fitness"], role="parent", hparams=json.dumps(rec["hparams"], sort_keys=True)))
+    return out
+
+
+def _pool(run: Run, generation: int, rnd: int) -> list[dict]:
+    """The population an evolution round starts from."""
+    if rnd == 0:
+        return _trained(run, generation)
+    return _manifest(run, keys.selected(run.id, generation, rnd - 1))
+
+
+# The evolution step -----------------------------------------------------------------------------
+
+def evolve(run: Run, generation: int, rnd: int) -> None:
+    """λ offspring: ρ parents by roulette wheel, their mean plus N(0, σ_k²) noise."""
+    spec = run.spec
+    pool = _pool(run, generation, rnd)
+    probabilities = roulette_weights(np.array([r["fitness"] for r in pool]), spec.evolution.roulette_floor)
+    sigma = value_at(spec.evolution.sigma, generation, spec.generations)
+    cache: dict[str, bytes] = {}
+    for index in range(spec.population.offspring):
+        child = keys.member_id(generation, rnd, index)
+        key = keys.offspring_record(run.id, generation, rnd, child)
+        if run.store.exists(key):
+            continue
+        picks = pick_parents(generator(spec.seed, generation, child, "roulette"), probabilities, spec.population.rho)
+        picks.sort(key=lambda j: (pool[j]["fitness"], j))
+        parents = [pool[j] for j in picks]
+        for p in parents:
+            if p["member"] not in cache:
+                cache[p["member"]] = run.store.get_verified(p)
+        blobs = [cache[p["member"]] for p in parents]
+        data = ops.recombine(blobs, sigma, run.seed(generation, child))
+        ref = run.store.put_blob(keys.offspring_checkpoint(run.id, generation, rnd, child, attempt_id()), data)
+        run.store.commit_json(key, {"member": child, **ref, "parents": [p["member"] for p in parents], "sigma": sigma})
+
+
+def evaluate(run: Run, generation: int, rnd: int, offspring: tuple[int, int] | None = None) -> None:
+    """Fitness of offspring [a, b) of a round."""
+    start, stop = offspring or (0, run.spec.population.offspring)
+    if stop > run.spec.population.offspring:
+        raise ValueError(f"--offspring {start}..{stop} is outside 0..{run.spec.population.offspring}")
+    for index in range(start, stop):
+        child = keys.member_id(generation, rnd, index)
+        key = keys.fitness_record(run.id, generation, rnd, child)
+        if run.store.exists(key):
+            continue
+        try:
+            record = run.store.get_json(keys.offspring_record(run.id, generation, rnd, child))
+        except NotFound:
+            raise StoreError(f"offspring {child} is not committed yet: run evolve first") from None
+        model = run.load_model(record)
+        run.store.commit_json(key, {"member": child, "fitness": fitness(model, run.task, run.fitness_data)})
+
+
+def _offspring(run: Run, generation: int, rnd: int) -> list[dict]:
+    out = []
+    for index in range(run.spec.population.offspring):
+        child = keys.member_id(generation, rnd, index)
+        try:
+            rec = run.store.get_json(keys.offspring_record(run.id, generation, rnd, child))
+            fit = run.store.get_json(keys.fitness_record(run.id, generation, rnd, child))
+        except NotFound:
+            raise StoreError(f"offspring {child} is not evaluated yet: run evolve and evaluate first") from None
+        out.append(dict(_row(dict(rec, fitness=fit["fitness"]), "offspring", generation, rec["parents"]), sigma=rec["sigma"]))
+    reference = _reference(run)
+    if reference is not None:
+        out.append(dict(_row(reference, "reference", generation, []), member=keys.reference_id(generation, rnd), sigma=None))
+    return out
+
+
+def select(run: Run, generation: int, rnd: int) -> None:
+    """m-elitist selection from µ+λ (+ the reference): the best m, plus µ-m drawn at random,
+    without replacement, from the rest. Without evolution: the trained population moves on."""
+    spec = run.spec
+    last = rnd == rounds(spec) - 1
+    out_key = keys.parents(run.id, generation + 1) if last else keys.selected(run.id, generation, rnd)
+    if run.store.exists(out_key):
+        if last:
+            rebuild_history(run)
+        return
+    pool = _pool(run, generation, rnd)
+    if spec.evolves:
+        candidates = pool + _offspring(run, generation, rnd)
+        losses = np.array([c["fitness"] for c in candidates])
+        elite, others = elitist_select(generator(spec.seed, generation, "select", "select", rnd), losses, spec.mu, spec.m)
+        survivors = [dict(candidates[i], elite=True) for i in elite] + [dict(candidates[i], elite=False) for i in others]
+    else:
+        survivors = _mark_elite(pool, spec.m)
+    survivors = [{k: row[k] for k in MANIFEST.names} for row in survivors]
+    if last:
+        run.store.put(keys.history_part(run.id, generation), to_parquet(_history(run, generation, survivors), HISTORY))
+    run.store.put_if_absent(out_key, to_parquet(survivors, MANIFEST))
+    if last:
+        rebuild_history(run)
+
+
+# History ----------------------------------------------------------------------------------------
+
+def _hp_columns(hp: dict | None) -> dict:
+    hp = hp or {}
+    return {k: hp.get(k) for k in ("optimizer", "lr", "momentum", "weight_decay", "beta1", "beta2", "batch_size")}
+
+
+def _history(run: Run, generation: int, survivors: list[dict]) -> list[dict]:
+    selected = {r["member"] for r in survivors}
+    elite = {r["member"] for r in survivors if r["elite"]}
+    rows = []
+    for parent in _manifest(run, keys.parents(run.id, generation)):
+        rec = run.store.get_json(keys.train_record(run.id, generation, parent["member"]))
+        rows.append({
+            "generation": generation, "round": -1, "member": parent["member"], "role": "parent",
+            "fitness": rec["fitness"], "fitness_before": rec["fitness_before"], **_hp_columns(rec["hparams"]),
+            "parents": parent["parents"], "sigma": None, "backoffs": rec["backoffs"], "epochs": rec["epochs"],
+        })
+    if run.spec.evolves:
+        for rnd in range(rounds(run.spec)):
+            for child in _offspring(run, generation, rnd):
+                rows.append({
+                    "generation": generation, "round": rnd, "member": child["member"], "role": child["role"],
+                    "fitness": child["fitness"], "fitness_before": None, **_hp_columns(None),
+                    "parents": child["parents"], "sigma": child["sigma"], "backoffs": 0, "epochs": 0,
+                })
+    return [dict(r, elite=r["member"] in elite, selected=r["member"] in selected) for r in rows]
+
+
+def rebuild_history(run: Run) -> None:
+    """history.parquet at the run's root: all committed per-generation parts, in order."""
+    parts = [run.store.get(k) for k in run.store.list(f"{keys.run(run.id)}/history")]
+    run.store.put(keys.history(run.id), concat(parts, HISTORY))
+
+
+# After the last generation ----------------------------------------------------------------------
+
+def finetune(run: Run, members: tuple[int, int] | None = None) -> None:
+    """Fine-tune slots [a, b) of the final population with the small fixed lr of spec.finetune."""
+    spec = run.spec
+    rows = _manifest(run, keys.parents(run.id, spec.generations))
+    _train_rows(
+        run, rows, _slots(rows, members), lambda row: hparams.fixed(spec.finetune),
+        spec.finetune.epochs, spec.generations, lambda member: keys.final_record(run.id, member),
+    )
+
+
+def finish(run: Run) -> None:
+    """The final population (fine-tuned if configured), its best individual and its error metric."""
+    spec = run.spec
+    key = keys.final_manifest(run.id)
+    if not run.store.exists(key):
+        rows = _manifest(run, keys.parents(run.id, spec.generations))
+        if spec.finetune.epochs > 0:
+            history = []
+            for i, row in enumerate(rows):
+                rec = run.store.get_json(keys.final_record(run.id, row["member"]))
+                rows[i] = dict(row, **_ref(rec), fitness=rec["fitness"], hparams=json.dumps(rec["hparams"], sort_keys=True))
+                history.append({
+                    "generation": spec.generations, "round": -1, "member": row["member"], "role": "finetune",
+                    "fitness": rec["fitness"], "fitness_before": rec["fitness_before"], **_hp_columns(rec["hparams"]),
+                    "parents": row["parents"], "sigma": None, "backoffs": rec["backoffs"], "epochs": rec["epochs"],
+                    "selected": True,
+                })
+            rows = _mark_elite(rows, spec.m)
+            history = [dict(h, elite=r["elite"]) for h, r in zip(history, rows)]
+            run.store.put(keys.history_part(run.id, spec.generations), to_parquet(history, HISTORY))
+        best = min(rows, key=lambda r: r["fitness"])
+        summary = {
+            "best_member": best["member"], "best_fitness": best["fitness"], **_ref(best),
+            "metric_name": run.task.metric_name, "metric": metric(run.load_model(best), run.task, run.fitness_data),
+        }
+        run.store.commit_json(keys.final_summary(run.id), summary)
+        run.store.put_if_absent(key, to_parquet(rows, MANIFEST))
+    rebuild_history(run)

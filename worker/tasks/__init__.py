@@ -1,0 +1,1 @@
+"""Built-in tasks. Each module has a `task(**args) -> Task` function."""

@@ -1,0 +1,41 @@
+"""The bundled task: handwritten digits (8x8 images, 10 classes, 1,797 examples) from
+scikit-learn, which ships the data inside its package, so nothing is downloaded at run time."""
+
+from functools import partial
+
+import numpy as np
+import torch
+
+from esgd.worker.task import Task
+from esgd.worker.tasks.mlp import mlp
+
+
+def error_rate(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (output.argmax(dim=1) != target).float().mean()
+
+
+def split(x: np.ndarray, y: np.ndarray, fitness: str, seed: int, train_fraction: float = 0.7):
+    """A fixed shuffled split into (train, held-out); fitness on the held-out part or the train set."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(train_fraction * len(x))
+    tr, va = order[:cut], order[cut:]
+    fit = tr if fitness == "train" else va
+    as_tensors = lambda idx: (torch.tensor(x[idx], dtype=torch.float32), torch.tensor(y[idx], dtype=torch.long))  # noqa: E731
+    return as_tensors(tr), as_tensors(fit)
+
+
+def task(hidden: int = 32, depth: int = 2, batchnorm: bool = False, fitness: str = "validation", split_seed: int = 0) -> Task:
+    """MLP on scikit-learn's digits; `fitness`: "validation" (held-out 30 %) or "train"."""
+    from sklearn.datasets import load_digits
+
+    if fitness not in ("validation", "train"):
+        raise TypeError(f"fitness must be 'validation' or 'train', got {fitness!r}")
+    x, y = load_digits(return_X_y=True)
+    train, fit = split((x / 16.0).astype(np.float32), y, fitness, split_seed)
+    return Task(
+        model=partial(mlp, 64, hidden, depth, 10, batchnorm),
+        train=train,
+        fitness=fit,
+        metric=error_rate,
+        metric_name="error rate",
+    )
