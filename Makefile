@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STORE  ?= esgd-runs
+# A CPU build of torch is installed first where no torch is present and no NVIDIA GPU is visible
+# (CI, laptops); elsewhere pip resolves torch from pyproject.toml (the CUDA build on a GPU box).
+# Off PyPI's Linux wheels, a CPU-only build comes from PyTorch's own index:
+#   make demo TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_CPU      ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+
+.PHONY: install demo test smoke bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if ! $(PY) -c "import torch" 2>/dev/null && ! (command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1); then \
+		echo "no torch and no NVIDIA GPU: installing the CPU build ($(TORCH_CPU))"; \
+		$(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_CPU)"; \
+	fi
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# ESGD and the population baseline on the bundled digits task, same spec and budget, then the report.
+demo: install
+	$(VENV)/bin/esgd run examples/digits.yaml --store $(STORE) --run-id demo-esgd
+	$(VENV)/bin/esgd run examples/digits.yaml --store $(STORE) --run-id demo-population --set mode=population
+	$(VENV)/bin/esgd report $(STORE)/runs/demo-esgd --out demo-out/esgd
+	$(VENV)/bin/esgd report $(STORE)/runs/demo-population --out demo-out/population
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(STORE) demo-out esgd-report-*

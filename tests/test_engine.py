@@ -1,0 +1,197 @@
+"""End to end on the CPU: Theorem 1, determinism, resume at every step, modes, CLI, report."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from esgd.controller.cli import main
+from esgd.controller.local import execute
+from esgd.controller.runs import create_or_resume
+from esgd.core import keys
+from esgd.core.metrics import summarize
+from esgd.core.plan import Step, final_stages, generation_stages
+from esgd.core.spec import parse_spec
+from esgd.store.uri import open_store, run_uri
+from esgd.worker.cli import run_step
+from esgd.worker.run import Run
+
+from helpers import history, tiny, write_spec
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out.strip(), err
+
+
+def start(store_uri: str, data: dict, run_id: str) -> Run:
+    store = open_store(store_uri)
+    spec = parse_spec(data)
+    create_or_resume(store, spec, run_id)
+    return Run(store, run_id, spec, "cpu")
+
+
+def all_steps(spec, pack: int) -> list[Step]:
+    stages = [[Step("init")]]
+    for generation in range(spec.generations):
+        stages += generation_stages(spec, generation, pack, 2)
+    stages += final_stages(spec, pack)
+    return [step for stage in stages for step in stage]
+
+
+def test_end_to_end_run_and_report(store_uri, tmp_path, capsys):
+    spec_file = write_spec(tmp_path / "spec.yaml", tiny(finetune={"epochs": 1}))
+    code, uri, err = run_cli(capsys, "run", spec_file, "--store", store_uri)
+    assert code == 0, err
+    assert uri.endswith("/runs/" + uri.rsplit("/", 1)[1]) and "gen   3/3" in err
+    rows = history(uri)
+    assert {r["generation"] for r in rows} == {0, 1, 2, 3}  # 3 generations + fine-tuning
+    assert sum(r["role"] == "offspring" for r in rows) == 3 * 4
+    assert sum(r["role"] == "parent" for r in rows) == 3 * 4
+    for r in rows:
+        if r["role"] == "parent":
+            assert r["optimizer"] in ("sgd", "nesterov", "adam") and r["epochs"] == 2
+        if r["role"] == "offspring":
+            assert len(r["parents"]) == 2 and r["sigma"] > 0
+    for generation in range(3):
+        survivors = [r for r in rows if r["generation"] == generation and r["selected"]]
+        assert len(survivors) == 4 and sum(r["elite"] for r in survivors) == 2
+
+    code, out, err = run_cli(capsys, "report", uri, "--json")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["generation"] for line in lines] == [0, 1, 2, 3] and lines[-1]["phase"] == "finetune"
+    for line in lines:
+        assert {"generation", "best", "elite_mean", "mean", "top15", "offspring_in_elite"} <= set(line)
+        assert line["top15"][0] == line["best"] <= line["elite_mean"] <= line["top15"][1]
+        assert 0 <= line["offspring_in_elite"] <= 1
+
+    code, out, err = run_cli(capsys, "report", uri, "--out", str(tmp_path / "plots"))
+    assert code == 0, err
+    pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert pngs == ["best_optimizer.png", "fitness.png", "offspring_in_elite.png"]
+    assert all((tmp_path / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert "best individual" in err and "error rate" in err
+
+
+def test_theorem_1_best_and_elite_mean_never_increase(store_uri):
+    run = start(store_uri, tiny(generations=5, population={"mu": 6, "offspring": 6, "elite": 3}), "thm")
+    execute(run, progress=lambda line: None)
+    rows = history(run.uri)
+    summaries = summarize(rows, run.spec.m)
+    best = [s["best"] for s in summaries]
+    elite_mean = [s["elite_mean"] for s in summaries]
+    assert all(b <= a for a, b in zip(best, best[1:])), best
+    assert all(b <= a for a, b in zip(elite_mean, elite_mean[1:])), elite_mean
+    assert best[-1] < best[0]
+    for r in rows:  # strict back-off: no individual gets worse in the SGD step
+        if r["role"] == "parent":
+            assert r["fitness"] <= r["fitness_before"]
+
+
+def test_same_spec_same_history(store_uri):
+    a = start(store_uri, tiny(), "a")
+    b = start(store_uri, tiny(), "b")
+    execute(a, progress=lambda line: None)
+    execute(b, progress=lambda line: None)
+    assert history(a.uri) == history(b.uri)
+    c = start(store_uri, tiny(seed=8), "c")
+    execute(c, progress=lambda line: None)
+    assert history(c.uri) != history(a.uri)
+
+
+def test_stopped_between_any_two_steps_and_resumed_gives_the_same_history(store_uri):
+    data = tiny(generations=2, finetune={"epochs": 1})
+    reference = start(store_uri, data, "uninterrupted")
+    execute(reference, progress=lambda line: None)
+    expected = history(reference.uri)
+    steps = all_steps(reference.spec, pack=2)  # two training packs per generation: stops inside the SGD step too
+    for stop in range(1, len(steps)):
+        run = start(store_uri, data, f"stop-{stop}")
+        for step in steps[:stop]:
+            run_step(run, step.command, step.generation, step.round or 0, step.members, step.offspring)
+        resumed = Run.open(run.uri, "cpu")  # a fresh driver
+        execute(resumed, progress=lambda line: None)
+        assert history(run.uri) == expected, f"stopped after step {stop}: {steps[stop - 1]}"
+
+
+def test_rerunning_a_committed_step_changes_nothing(store_uri):
+    run = start(store_uri, tiny(generations=1), "rerun")
+    execute(run, progress=lambda line: None)
+    before = {k: run.store.get(k) for k in run.store.list(keys.run(run.id))}
+    for step in all_steps(run.spec, pack=4):
+        run_step(run, step.command, step.generation, step.round or 0, step.members, step.offspring)
+    after = {k: run.store.get(k) for k in run.store.list(keys.run(run.id))}
+    assert after == before
+
+
+def test_worker_commands_as_subprocesses_match_the_in_process_run(store_uri):
+    data = tiny(generations=1)
+    in_process = start(store_uri, data, "inproc")
+    execute(in_process, progress=lambda line: None)
+    by_cli = start(store_uri, data, "bycli")
+    for step in all_steps(by_cli.spec, pack=2):
+        cmd = [sys.executable, "-m", "esgd.worker", step.command, "--run", by_cli.uri, *step.args(), "--device", "cpu"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert history(by_cli.uri) == history(in_process.uri)
+
+
+def test_population_mode_keeps_each_individuals_hyper_parameters(store_uri):
+    run = start(store_uri, tiny(mode="population"), "pop")
+    execute(run, progress=lambda line: None)
+    rows = history(run.uri)
+    assert all(r["role"] == "parent" for r in rows)
+    by_member = {}
+    for r in rows:
+        by_member.setdefault(r["member"], set()).add((r["optimizer"], r["lr"], r["batch_size"]))
+    assert len(by_member) == 4 and all(len(v) == 1 for v in by_member.values())
+
+
+def test_no_evolution_mode_redraws_and_never_recombines(store_uri):
+    run = start(store_uri, tiny(mode="no-evolution"), "noevo")
+    execute(run, progress=lambda line: None)
+    rows = history(run.uri)
+    assert all(r["role"] == "parent" for r in rows) and len({r["member"] for r in rows}) == 4
+    lrs = [r["lr"] for r in rows if r["member"] == "init-000"]
+    assert len(set(lrs)) == 3
+
+
+def test_single_mode_trains_one_model_and_halves_its_lr(store_uri):
+    run = start(store_uri, tiny(mode="single", single={"optimizer": "sgd", "lr": 50.0, "momentum": 0.0}), "single")
+    execute(run, progress=lambda line: None)
+    rows = history(run.uri)
+    assert [r["member"] for r in rows] == ["init-000"] * 3
+    assert rows[0]["backoffs"] >= 1
+    lrs = [r["lr"] for r in rows]
+    assert lrs[1] <= lrs[0] / 2 ** rows[0]["backoffs"] + 1e-12 and all(b <= a for a, b in zip(lrs, lrs[1:]))
+
+
+def test_reference_model_and_init_from_checkpoint(store_uri, tmp_path):
+    base = start(store_uri, tiny(generations=1), "base")
+    execute(base, progress=lambda line: None)
+    best = base.store.get_json(keys.final_summary(base.id))
+    checkpoint_file = tmp_path / "best.arrow"
+    checkpoint_file.write_bytes(base.store.get_verified(best))
+
+    data = tiny(generations=2, reference={"checkpoint": str(checkpoint_file)},
+                population={"init": {"checkpoint": str(checkpoint_file), "sigma": 0.01}})
+    run = start(store_uri, data, "ref")
+    execute(run, progress=lambda line: None)
+    rows = history(run.uri)
+    refs = [r for r in rows if r["role"] == "reference"]
+    assert [r["member"] for r in refs] == ["g0000-r0-ref", "g0001-r0-ref"]
+    assert refs[0]["fitness"] == refs[1]["fitness"] == pytest.approx(best["best_fitness"])
+    initial = [r["fitness_before"] for r in rows if r["generation"] == 0 and r["role"] == "parent"]
+    assert len(set(initial)) == 4  # perturbed individually ...
+    assert all(abs(f - best["best_fitness"]) < 0.2 for f in initial)  # ... around the checkpoint
+
+
+def test_run_uri_is_printed_and_an_existing_run_resumes(store_uri, tmp_path, capsys):
+    spec_file = write_spec(tmp_path / "spec.yaml", tiny(generations=1))
+    code, uri, _ = run_cli(capsys, "run", spec_file, "--store", store_uri, "--run-id", "again")
+    assert code == 0 and uri == run_uri(open_store(store_uri), "again")
+    code, uri2, err = run_cli(capsys, "run", spec_file, "--store", store_uri, "--run-id", "again")
+    assert code == 0 and uri2 == uri and "resuming" in err

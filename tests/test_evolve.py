@@ -1,0 +1,64 @@
+"""Intermediate recombination and Gaussian mutation on checkpoints."""
+
+import numpy as np
+import pytest
+import torch
+
+from esgd.store import checkpoint
+from esgd.worker.evolve import recombine
+from esgd.worker.tasks.mlp import mlp
+from esgd.worker.weights import to_checkpoint
+
+
+def _parent(seed: int, batchnorm=True) -> tuple[bytes, np.ndarray]:
+    torch.manual_seed(seed)
+    model = mlp(30, 40, 2, 5, batchnorm=batchnorm)
+    model.train()
+    for _ in range(seed + 1):
+        model(torch.randn(8, 30))  # distinct running stats and num_batches_tracked per parent
+    layout, vector = to_checkpoint(model)
+    return checkpoint.encode(layout, vector), vector
+
+
+def test_recombination_without_noise_is_the_exact_mean():
+    parents = [_parent(s) for s in range(3)]
+    layout, child = checkpoint.decode(recombine([p for p, _ in parents], 0.0, (0, 0, "c")))
+    expected = np.mean(np.stack([v.astype(np.float64) for _, v in parents]), axis=0).astype(np.float32)
+    assert np.array_equal(child, expected)
+
+
+def test_integer_buffers_come_from_the_fittest_parent_unmutated():
+    parents = [_parent(s) for s in (2, 0)]  # fittest first: the parent that ran 3 batches
+    layout, _ = checkpoint.decode(recombine([p for p, _ in parents], 0.5, (0, 0, "c")))
+    assert layout.ints["1.num_batches_tracked"]["values"] == [3]
+
+
+def test_mutation_has_std_sigma_on_parameters_only():
+    parents = [_parent(s) for s in range(2)]
+    sigma = 0.05
+    layout, child = checkpoint.decode(recombine([p for p, _ in parents], sigma, (1, 2, "c")))
+    mean = np.mean(np.stack([v.astype(np.float64) for _, v in parents]), axis=0)
+    noise = child.astype(np.float64) - mean
+    mask = layout.param_mask()
+    assert noise[mask].std() == pytest.approx(sigma, rel=0.03)
+    assert abs(noise[mask].mean()) < 3 * sigma / np.sqrt(mask.sum())
+    assert np.abs(noise[~mask]).max() < 1e-6  # buffers averaged, never mutated
+
+
+def test_noise_is_reproducible_and_independent_of_chunking(monkeypatch):
+    parents = [_parent(s, batchnorm=False)[0] for s in range(2)]
+    a = recombine(parents, 0.1, (3, 1, "child"))
+    assert a == recombine(parents, 0.1, (3, 1, "child"))
+    assert a != recombine(parents, 0.1, (3, 1, "other-child"))
+    monkeypatch.setattr(checkpoint, "CHUNK", 64)  # the same vector in many small chunks
+    small = [checkpoint.encode(*checkpoint.decode(p)) for p in parents]
+    assert len(list(checkpoint.iter_chunks(small[0]))) > 10
+    b = checkpoint.decode(recombine(small, 0.0, (3, 1, "child")))[1]
+    assert np.array_equal(b, checkpoint.decode(recombine(parents, 0.0, (3, 1, "child")))[1])
+
+
+def test_parents_of_different_architectures_are_refused():
+    torch.manual_seed(0)
+    other = checkpoint.encode(*to_checkpoint(mlp(30, 41, 2, 5)))
+    with pytest.raises(ValueError, match="different architectures"):
+        recombine([_parent(0, batchnorm=False)[0], other], 0.1, (0, 0, "c"))

@@ -1,0 +1,38 @@
+"""Deterministic Kubernetes names of a run's Workflows: (run, generation, attempt) -> one name, so a
+second submission of the same attempt is refused by the API server (409) instead of duplicated."""
+
+import hashlib
+import re
+
+MAX_NAME = 63  # Argo copies the Workflow name into a label value, which is at most 63 characters
+FINAL = "final"
+
+
+def dns_label(text: str, room: int) -> str:
+    """`text` as a DNS-1123 label of at most `room` characters; a short hash keeps cut or altered
+    names distinct."""
+    clean = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "run"
+    if clean == text and len(clean) <= room:
+        return clean
+    digest = hashlib.sha256(text.encode()).hexdigest()[:6]
+    return f"{clean[: room - 7].rstrip('-')}-{digest}"
+
+
+def phase_tag(phase: int | str) -> str:
+    """`g0003` for a generation, `final` for the final stages."""
+    return FINAL if phase == FINAL else f"g{int(phase):04d}"
+
+
+def workflow_name(run_id: str, phase: int | str, attempt: int = 0) -> str:
+    """Name of attempt `attempt` of a generation's (or the final) Workflow of a run."""
+    suffix = f"-{phase_tag(phase)}-a{attempt}"
+    return dns_label(run_id, MAX_NAME - len(suffix)) + suffix
+
+
+def launcher_name(run_id: str) -> str:
+    suffix = "-launcher"
+    return dns_label(run_id, MAX_NAME - len(suffix)) + suffix
+
+
+def label_value(text: str) -> str:
+    return dns_label(text, MAX_NAME)
