@@ -55,12 +55,16 @@ def generation_summary(run: Run, generation: int) -> dict:
     return summarize(rows, run.spec.m)[0]
 
 
+def split(run: Run, devices: list[str]) -> tuple[int, int]:
+    """(individuals per train step, offspring per evaluate step): one step per device."""
+    return math.ceil(run.spec.mu / len(devices)), math.ceil(run.spec.population.offspring / len(devices))
+
+
 def execute(run: Run, progress: Callable[[str], None] = print) -> None:
     """Run (or resume) every remaining step of the run."""
     spec = run.spec
     devices = local_devices(run)
-    pack = math.ceil(spec.mu / len(devices))
-    shard = math.ceil(spec.population.offspring / len(devices))
+    pack, shard = split(run, devices)
     _run_stage(run, [Step("init")], devices)
     start = committed_generations(run)
     if start:

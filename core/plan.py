@@ -34,6 +34,15 @@ def shards(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
+def pack_groups(batch_sizes: list[int], size: int) -> list[list[int]]:
+    """Indices grouped into packs: individuals sharing a batch size (they step in lockstep), in
+    order of first appearance, at most `size` per pack."""
+    by_batch: dict[int, list[int]] = {}
+    for index, batch in enumerate(batch_sizes):
+        by_batch.setdefault(batch, []).append(index)
+    return [group[i : i + size] for group in by_batch.values() for i in range(0, len(group), max(1, size))]
+
+
 def parse_range(text: str) -> tuple[int, int]:
     """`a..b` (half-open, like Python's range) -> (a, b)."""
     head, sep, tail = text.partition("..")

@@ -203,6 +203,23 @@ class ReferenceSpec(_Model):
     """Path of an ESGD checkpoint (Arrow IPC); omitted: no reference model."""
 
 
+class PackSpec(_Model):
+    """Packing: many individuals trained at once on one device (same algorithm, fewer kernels)."""
+
+    size: int | Literal["auto"] = "auto"
+    """Individuals per pack: a number (1: one at a time), or auto: every individual of a train
+    step that shares a batch size, at most 64 (on a GPU halved until it fits in memory)."""
+    bf16: bool = False
+    """bf16 autocast for the forward pass of packed training (CUDA; fitness stays in full precision)."""
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, value):
+        if value != "auto" and value < 1:
+            raise ValueError("pack.size must be >= 1 or auto")
+        return value
+
+
 class RunSpec(_Model):
     """An ESGD run."""
 
@@ -230,6 +247,8 @@ class RunSpec(_Model):
     """Fine-tuning after the last generation."""
     reference: ReferenceSpec = ReferenceSpec()
     """Reference model (the paper's language-model variant)."""
+    pack: PackSpec = PackSpec()
+    """How many individuals a worker trains at once on one device."""
     device: str = "auto"
     """Device for the local backend: auto (every local GPU, else the CPU), cpu, cuda or cuda:N."""
 

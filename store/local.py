@@ -1,5 +1,6 @@
 """The embedded default: a store in a local directory."""
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -46,6 +47,31 @@ class LocalStore(Store):
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"{self.uri}/{key} not found") from None
+
+    def open_read(self, key: str):
+        try:
+            return self._path(key).open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"{self.uri}/{key} not found") from None
+
+    def put_stream(self, key: str, pieces) -> dict:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        digest, size = hashlib.sha256(), 0
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for piece in pieces:
+                    handle.write(piece)
+                    digest.update(piece)
+                    size += len(piece)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return {"checkpoint": key, "sha256": digest.hexdigest(), "size": size}
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

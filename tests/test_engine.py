@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from esgd.controller.cli import main
-from esgd.controller.local import execute
+from esgd.controller.local import execute, local_devices, split
 from esgd.controller.runs import create_or_resume
 from esgd.core import keys
 from esgd.core.metrics import summarize
@@ -33,10 +33,10 @@ def start(store_uri: str, data: dict, run_id: str) -> Run:
     return Run(store, run_id, spec, "cpu")
 
 
-def all_steps(spec, pack: int) -> list[Step]:
+def all_steps(spec, pack: int, shard: int = 2) -> list[Step]:
     stages = [[Step("init")]]
     for generation in range(spec.generations):
-        stages += generation_stages(spec, generation, pack, 2)
+        stages += generation_stages(spec, generation, pack, shard)
     stages += final_stages(spec, pack)
     return [step for stage in stages for step in stage]
 
@@ -103,11 +103,11 @@ def test_same_spec_same_history(store_uri):
 
 
 def test_stopped_between_any_two_steps_and_resumed_gives_the_same_history(store_uri):
-    data = tiny(generations=2, finetune={"epochs": 1})
+    data = tiny(generations=2, finetune={"epochs": 1}, sgd={"batch_size": [64]})
     reference = start(store_uri, data, "uninterrupted")
     execute(reference, progress=lambda line: None)
     expected = history(reference.uri)
-    steps = all_steps(reference.spec, pack=2)  # two training packs per generation: stops inside the SGD step too
+    steps = all_steps(reference.spec, *split(reference, local_devices(reference)))  # the executor's own steps
     for stop in range(1, len(steps)):
         run = start(store_uri, data, f"stop-{stop}")
         for step in steps[:stop]:
@@ -115,6 +115,28 @@ def test_stopped_between_any_two_steps_and_resumed_gives_the_same_history(store_
         resumed = Run.open(run.uri, "cpu")  # a fresh driver
         execute(resumed, progress=lambda line: None)
         assert history(run.uri) == expected, f"stopped after step {stop}: {steps[stop - 1]}"
+
+
+def test_a_train_step_that_died_between_two_commits_completes_identically(store_uri):
+    data = tiny(generations=1, sgd={"batch_size": [64]})
+    reference = start(store_uri, data, "whole")
+    execute(reference, progress=lambda line: None)
+    run = start(store_uri, data, "died")
+    run_step(run, "init", None, 0)
+    commit, calls = run.store.commit_json, []
+
+    def dies_after_two_commits(key, record):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append(key)
+        return commit(key, record)
+
+    run.store.commit_json = dies_after_two_commits
+    with pytest.raises(KeyboardInterrupt):
+        run_step(run, "train", 0, 0, (0, 4))
+    assert len(run.store.list(f"{keys.gen(run.id, 0)}/train")) > 2  # two records and some checkpoints
+    execute(Run.open(run.uri, "cpu"), progress=lambda line: None)
+    assert history(run.uri) == history(reference.uri)
 
 
 def test_rerunning_a_committed_step_changes_nothing(store_uri):

@@ -1,5 +1,6 @@
 """A run as a worker sees it: its store, id, frozen spec, task and device."""
 
+import sys
 from functools import cached_property
 
 import torch
@@ -11,6 +12,9 @@ from esgd.store.base import Store
 from esgd.store.uri import open_run, run_uri
 from esgd.worker.task import Task, load_task
 from esgd.worker.weights import load_into, to_checkpoint
+
+
+MAX_AUTO_PACK = 64
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -44,6 +48,26 @@ class Run:
     @cached_property
     def fitness_data(self) -> tuple[torch.Tensor, ...]:
         return tuple(t.to(self.device) for t in self.task.fitness)
+
+    def pack_size(self, pending: int) -> int:
+        """Individuals per pack: the spec's number, or auto (all pending, at most 64); 1 when the
+        model cannot be packed (vmap does not support every module)."""
+        size = self.spec.pack.size
+        size = min(max(pending, 1), MAX_AUTO_PACK) if size == "auto" else size
+        return size if size == 1 or self.packable else 1
+
+    @cached_property
+    def packable(self) -> bool:
+        from esgd.worker.packed import Pack
+
+        try:
+            models = [self.new_model(), self.new_model()]
+            Pack(models).forward(torch.stack([self.train_data[0][:2]] * 2))
+            return True
+        except Exception as error:  # noqa: BLE001 - any failure means: train one at a time
+            print(f"esgd: this model cannot be packed ({type(error).__name__}: {error}); training one at a time",
+                  file=sys.stderr)
+            return False
 
     def seed(self, generation: int, member: str) -> tuple:
         return (self.spec.seed, generation, member)

@@ -8,7 +8,7 @@ import torch
 
 from esgd.core import hparams, keys
 from esgd.core.manifest import HISTORY, MANIFEST, concat, from_parquet, to_parquet
-from esgd.core.plan import rounds
+from esgd.core.plan import pack_groups, rounds
 from esgd.core.rng import generator, int_seed
 from esgd.core.schedules import value_at
 from esgd.core.selection import elitist_select, pick_parents, rank, roulette_weights
@@ -16,6 +16,7 @@ from esgd.store import checkpoint
 from esgd.store.base import NotFound, StoreError, attempt_id
 from esgd.store.uri import read_uri
 from esgd.worker import evolve as ops
+from esgd.worker.packed import train_pack
 from esgd.worker.run import Run
 from esgd.worker.train import fitness, metric, train as train_member
 from esgd.worker.weights import load_into
@@ -100,19 +101,40 @@ def init(run: Run) -> None:
 # The SGD step -----------------------------------------------------------------------------------
 
 def _train_rows(run: Run, rows: list[dict], slots: range, hp_of, epochs: int, generation: int, record_key) -> None:
+    """Train the given population slots, in packs where the spec and the model allow it, and
+    commit one record per individual. Packs are formed from the whole slot range, committed or
+    not, and a pack with any uncommitted member is trained whole: a step that died between two
+    commits trains exactly the same packs again, so its results do not depend on where it died."""
+    rows = [rows[slot] for slot in slots]
+    hps = [hp_of(row) for row in rows]
+    size = run.pack_size(len(rows))
+    while True:
+        try:
+            for group in pack_groups([hp["batch_size"] for hp in hps], size):
+                if not all(run.store.exists(record_key(rows[i]["member"])) for i in group):
+                    _train_group(run, [rows[i] for i in group], [hps[i] for i in group], epochs, generation, record_key)
+            return
+        except torch.cuda.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)  # committed packs stay; the rest is retried in smaller packs
+            torch.cuda.empty_cache()
+
+
+def _train_group(run: Run, rows: list[dict], hps: list[dict], epochs: int, generation: int, record_key) -> None:
     spec = run.spec
-    for slot in slots:
-        row = rows[slot]
+    models = [run.load_model(row) for row in rows]
+    common = dict(
+        task=run.task, train_data=run.train_data, fitness_data=run.fitness_data, epochs=epochs,
+        p_backoff=1.0 if spec.mode == "single" else spec.sgd.backoff, halve_lr=spec.mode == "single",
+    )
+    seeds = [run.seed(generation, row["member"]) for row in rows]
+    if len(rows) == 1:
+        results = [train_member(models[0], hp=hps[0], start_fitness=rows[0]["fitness"], seed=seeds[0], **common)]
+    else:
+        results = train_pack(models, hps=hps, start_fitness=[r["fitness"] for r in rows], seeds=seeds, bf16=spec.pack.bf16, **common)
+    for row, model, result in zip(rows, models, results):
         key = record_key(row["member"])
-        if run.store.exists(key):
-            continue
-        model = run.load_model(row)
-        hp = hp_of(row)
-        result = train_member(
-            model, run.task, run.train_data, run.fitness_data, hp, epochs, row["fitness"],
-            1.0 if spec.mode == "single" else spec.sgd.backoff, run.seed(generation, row["member"]),
-            halve_lr=spec.mode == "single",
-        )
         ref = run.save_model(model, key.removesuffix(".json") + f"/{attempt_id()}.arrow")
         run.store.commit_json(key, {
             "member": row["member"], **ref, "fitness": result.fitness, "fitness_before": row["fitness"],
@@ -157,7 +179,6 @@ def evolve(run: Run, generation: int, rnd: int) -> None:
     pool = _pool(run, generation, rnd)
     probabilities = roulette_weights(np.array([r["fitness"] for r in pool]), spec.evolution.roulette_floor)
     sigma = value_at(spec.evolution.sigma, generation, spec.generations)
-    cache: dict[str, bytes] = {}
     for index in range(spec.population.offspring):
         child = keys.member_id(generation, rnd, index)
         key = keys.offspring_record(run.id, generation, rnd, child)
@@ -166,12 +187,9 @@ def evolve(run: Run, generation: int, rnd: int) -> None:
         picks = pick_parents(generator(spec.seed, generation, child, "roulette"), probabilities, spec.population.rho)
         picks.sort(key=lambda j: (pool[j]["fitness"], j))
         parents = [pool[j] for j in picks]
-        for p in parents:
-            if p["member"] not in cache:
-                cache[p["member"]] = run.store.get_verified(p)
-        blobs = [cache[p["member"]] for p in parents]
-        data = ops.recombine(blobs, sigma, run.seed(generation, child))
-        ref = run.store.put_blob(keys.offspring_checkpoint(run.id, generation, rnd, child, attempt_id()), data)
+        # Parents stream from the store: memory holds a few chunks per parent, not µ models.
+        pieces = ops.recombine_stream(run.store, parents, sigma, run.seed(generation, child))
+        ref = run.store.put_stream(keys.offspring_checkpoint(run.id, generation, rnd, child, attempt_id()), pieces)
         run.store.commit_json(key, {"member": child, **ref, "parents": [p["member"] for p in parents], "sigma": sigma})
 
 

@@ -78,11 +78,13 @@ def train(
         order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(int_seed(*seed, "data", epoch)))
         order = order.to(inputs.device)
         model.train()
-        for start in range(0, len(order), hp["batch_size"]):
-            batch = order[start : start + hp["batch_size"]]
-            optimizer.zero_grad(set_to_none=True)
-            task.loss(model(inputs[batch]), targets[batch]).backward()
-            optimizer.step()
+        with torch.random.fork_rng(devices=[inputs.device] if inputs.device.type == "cuda" else []):
+            torch.manual_seed(int_seed(*seed, "dropout", epoch))  # dropout and other in-model draws
+            for start in range(0, len(order), hp["batch_size"]):
+                batch = order[start : start + hp["batch_size"]]
+                optimizer.zero_grad(set_to_none=True)
+                task.loss(model(inputs[batch]), targets[batch]).backward()
+                optimizer.step()
         value = fitness(model, task, fitness_data)
         draw = coin.random()  # drawn every epoch, so later draws never depend on earlier outcomes
         if value > result.fitness and draw < p_backoff:

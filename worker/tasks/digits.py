@@ -14,26 +14,32 @@ def error_rate(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (output.argmax(dim=1) != target).float().mean()
 
 
-def split(x: np.ndarray, y: np.ndarray, fitness: str, seed: int, train_fraction: float = 0.7):
+def split(x: np.ndarray, y: np.ndarray, fitness: str, seed: int, train_fraction: float = 0.7, dtype=torch.float32):
     """A fixed shuffled split into (train, held-out); fitness on the held-out part or the train set."""
     order = np.random.default_rng(seed).permutation(len(x))
     cut = int(train_fraction * len(x))
     tr, va = order[:cut], order[cut:]
     fit = tr if fitness == "train" else va
-    as_tensors = lambda idx: (torch.tensor(x[idx], dtype=torch.float32), torch.tensor(y[idx], dtype=torch.long))  # noqa: E731
+    as_tensors = lambda idx: (torch.tensor(x[idx], dtype=dtype), torch.tensor(y[idx], dtype=torch.long))  # noqa: E731
     return as_tensors(tr), as_tensors(fit)
 
 
-def task(hidden: int = 32, depth: int = 2, batchnorm: bool = False, fitness: str = "validation", split_seed: int = 0) -> Task:
-    """MLP on scikit-learn's digits; `fitness`: "validation" (held-out 30 %) or "train"."""
+def task(
+    hidden: int = 32, depth: int = 2, batchnorm: bool = False, fitness: str = "validation", split_seed: int = 0,
+    dtype: str = "float32",
+) -> Task:
+    """MLP on scikit-learn's digits; `fitness`: "validation" (held-out 30 %) or "train";
+    `dtype`: float32 or float64 (models and data)."""
     from sklearn.datasets import load_digits
 
     if fitness not in ("validation", "train"):
         raise TypeError(f"fitness must be 'validation' or 'train', got {fitness!r}")
+    if dtype not in ("float32", "float64"):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
     x, y = load_digits(return_X_y=True)
-    train, fit = split((x / 16.0).astype(np.float32), y, fitness, split_seed)
+    train, fit = split(x / 16.0, y, fitness, split_seed, dtype=getattr(torch, dtype))
     return Task(
-        model=partial(mlp, 64, hidden, depth, 10, batchnorm),
+        model=partial(mlp, 64, hidden, depth, 10, batchnorm, getattr(torch, dtype)),
         train=train,
         fitness=fit,
         metric=error_rate,

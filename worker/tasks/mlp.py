@@ -1,9 +1,10 @@
 """A plain multi-layer perceptron, optionally with BatchNorm (to exercise buffers)."""
 
+import torch
 from torch import nn
 
 
-def mlp(inputs: int, hidden: int, depth: int, outputs: int, batchnorm: bool = False) -> nn.Module:
+def mlp(inputs: int, hidden: int, depth: int, outputs: int, batchnorm: bool = False, dtype: torch.dtype = torch.float32) -> nn.Module:
     layers: list[nn.Module] = []
     width = inputs
     for _ in range(depth):
@@ -13,4 +14,4 @@ def mlp(inputs: int, hidden: int, depth: int, outputs: int, batchnorm: bool = Fa
         layers.append(nn.ReLU())
         width = hidden
     layers.append(nn.Linear(width, outputs))
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers).to(dtype)

@@ -1,0 +1,73 @@
+"""Packing many individuals per device must not change the algorithm."""
+
+import copy
+
+import pytest
+import torch
+
+from esgd.controller.local import execute
+from esgd.core.plan import pack_groups
+from esgd.worker.packed import train_pack
+from esgd.worker.task import Task
+from esgd.worker.tasks.mlp import mlp
+from esgd.worker.train import fitness, train
+
+from helpers import history
+from test_engine import start
+
+FAMILIES = ["sgd", "nesterov", "adam", "adamw", "rmsprop"]
+
+
+def test_pack_groups_share_a_batch_size_and_respect_the_size():
+    assert pack_groups([32, 64, 32, 32, 64], 2) == [[0, 2], [3], [1, 4]]
+    assert pack_groups([8] * 5, 64) == [[0, 1, 2, 3, 4]]
+    assert pack_groups([8] * 3, 1) == [[0], [1], [2]]
+
+
+def _task():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return Task(model=lambda: mlp(6, 8, 2, 2, batchnorm=True, dtype=torch.float64), train=(x, y), fitness=(x[:80], y[:80]))
+
+
+def test_packed_training_matches_one_at_a_time_for_every_optimizer_and_backoff():
+    task = _task()
+    hps = [{"optimizer": f, "lr": 0.01 if f.startswith("adam") else 0.05, "momentum": 0.0 if f == "sgd" else 0.9,
+            "weight_decay": 1e-3, "beta1": 0.9, "beta2": 0.99, "batch_size": 32} for f in FAMILIES]
+    hps.append(dict(hps[0], lr=1e3))  # diverges: backs off every epoch
+    torch.manual_seed(0)
+    models = [task.model() for _ in hps]
+    start_fitness = [fitness(m, task, task.fitness) for m in models]
+    seeds = [(1, 0, f"m{i}") for i in range(len(hps))]
+    alone = [copy.deepcopy(m) for m in models]
+    expected = [train(m, task, task.train, task.fitness, hp, 3, f, 1.0, s) for m, hp, f, s in zip(alone, hps, start_fitness, seeds)]
+    packed = train_pack(models, task, task.train, task.fitness, hps, 3, start_fitness, 1.0, seeds)
+    for e, p, a, m in zip(expected, packed, alone, models):
+        assert p.backoffs == e.backoffs
+        assert p.epoch_fitness == pytest.approx(e.epoch_fitness, rel=1e-8)
+        for name, tensor in a.state_dict().items():
+            assert torch.allclose(m.state_dict()[name].double(), tensor.double(), rtol=1e-7, atol=1e-9), name
+    assert packed[-1].backoffs == 3
+
+
+def test_packed_and_unpacked_runs_give_the_same_history(store_uri):
+    data = {
+        "seed": 3, "task": "esgd.worker.tasks.digits:task", "task_args": {"hidden": 8, "dtype": "float64"},
+        "generations": 3, "population": {"mu": 6, "offspring": 4, "elite": 3},
+        "sgd": {"epochs": 2, "batch_size": [64], "optimizers": {f: {"lr": [0.001, 0.05], "momentum": [0.5, 0.9]} for f in FAMILIES}},
+    }
+    one = start(store_uri, dict(data, pack={"size": 1}), "one-at-a-time")
+    packed = start(store_uri, dict(data, pack={"size": "auto"}), "packed")
+    assert packed.pack_size(6) == 6
+    execute(one, progress=lambda line: None)
+    execute(packed, progress=lambda line: None)
+    a, b = history(one.uri), history(packed.uri)
+    assert len(a) == len(b) == 3 * (6 + 4)
+    assert {r["optimizer"] for r in a} >= set(FAMILIES)
+    for x, y in zip(a, b):
+        for key, value in x.items():
+            if isinstance(value, float):
+                assert y[key] == pytest.approx(value, rel=1e-9), key
+            else:
+                assert y[key] == value, key
