@@ -5,10 +5,19 @@ import json
 import sys
 from pathlib import Path
 
-from esgd.core.spec import SpecError, json_schema, load_spec
+from esgd.core.spec import RunSpec, SpecError, dump_spec, json_schema, load_spec
 from esgd.store.base import StoreError
 from esgd.store.uri import open_run, open_store, run_uri
 from esgd.worker.task import TaskError
+
+
+def read_spec(path: str, overrides: list[str] | None) -> RunSpec:
+    """A spec file with `--set` overrides applied; SpecError (exit 2) if unreadable or invalid."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise SpecError(f"cannot read spec {path}: {error.strerror}") from None
+    return load_spec(text, overrides or [])
 
 
 def _run(args) -> int:
@@ -16,11 +25,7 @@ def _run(args) -> int:
     from esgd.controller.runs import create_or_resume
     from esgd.worker.run import Run
 
-    try:
-        text = Path(args.spec).read_text()
-    except OSError as error:
-        raise SpecError(f"cannot read spec {args.spec}: {error.strerror}") from None
-    spec = load_spec(text, args.set or [])
+    spec = read_spec(args.spec, args.set)
     store = open_store(args.store)
     run_id, resumed = create_or_resume(store, spec, args.run_id)
     uri = run_uri(store, run_id)
@@ -34,9 +39,7 @@ def _spec(args) -> int:
     if args.schema:
         print(json.dumps(json_schema(), indent=2))
         return 0
-    spec = load_spec(Path(args.file).read_text(), args.set or []) if args.file else load_spec("{}")
-    from esgd.core.spec import dump_spec
-
+    spec = read_spec(args.file, args.set) if args.file else load_spec("{}", args.set or [])
     print(dump_spec(spec), end="")
     return 0
 
@@ -83,6 +86,14 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="folder for the PNG plots (default esgd-report-<run-id>)")
     report.add_argument("--json", action="store_true", help="print one JSON object per generation instead")
     report.set_defaults(handler=_report)
+
+    from esgd.controller.cluster_cli import add_parsers  # compile, controller (Kubernetes)
+
+    add_parsers(sub)
+
+    from esgd.controller.recipes_cli import register  # data import, compare, lineage, replay
+
+    register(sub)
     return p
 
 

@@ -154,7 +154,7 @@ def test_worker_commands_as_subprocesses_match_the_in_process_run(store_uri):
     in_process = start(store_uri, data, "inproc")
     execute(in_process, progress=lambda line: None)
     by_cli = start(store_uri, data, "bycli")
-    for step in all_steps(by_cli.spec, pack=2):
+    for step in all_steps(by_cli.spec, *split(by_cli, ["cpu"])):
         cmd = [sys.executable, "-m", "esgd.worker", step.command, "--run", by_cli.uri, *step.args(), "--device", "cpu"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr

@@ -19,8 +19,7 @@ from esgd.core.rng import generator, int_seed
 from esgd.worker.task import Task
 from esgd.worker.train import TrainResult
 
-RMSPROP_ALPHA, EPS = 0.99, 1e-8
-ADAM_EPS = 1e-8
+RMSPROP_ALPHA, EPS, ADAM_EPS = 0.99, 1e-8, 1e-8
 
 
 class Pack:
@@ -56,21 +55,26 @@ def _b(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class PackedOptimizer:
-    """SGD (plain and Nesterov), Adam, AdamW and RMSprop with per-individual hyper-parameters."""
+    """SGD (plain and Nesterov), Adam, AdamW and RMSprop with per-individual hyper-parameters.
+
+    The update formulas are torch.optim's (no dampening, no amsgrad, RMSprop alpha 0.99). Each
+    family updates only its own individuals (all of them at once when the pack has one family).
+    """
 
     def __init__(self, params: dict[str, torch.Tensor], hps: list[dict]):
         device = next(iter(params.values())).device
         self.params = list(params.values())
-        self.family = [hp["optimizer"] for hp in hps]
-        self.lr = _per([hp["lr"] for hp in hps], device)
-        self.momentum = _per([hp["momentum"] for hp in hps], device)
-        self.wd = _per([hp["weight_decay"] for hp in hps], device)
-        self.beta1 = _per([hp["beta1"] for hp in hps], device)
-        self.beta2 = _per([hp["beta2"] for hp in hps], device)
-        self.nesterov = _per([f == "nesterov" and hp["momentum"] > 0 for f, hp in zip(self.family, hps)], device, torch.bool)
-        self.masks = {f: _per([float(x == f) for x in self.family], device).bool() for f in set(self.family)}
-        self.adam_like = _per([float(f in ("adam", "adamw")) for f in self.family], device)
+        family = [hp["optimizer"] for hp in hps]
+        self.hp = {
+            name: _per([hp[name] for hp in hps], device) for name in ("lr", "momentum", "weight_decay", "beta1", "beta2")
+        }
+        self.hp["nesterov"] = _per([f == "nesterov" and hp["momentum"] > 0 for f, hp in zip(family, hps)], device, torch.bool)
         self.step_count = torch.zeros(len(hps), device=device, dtype=torch.float64)
+        self.adam_like = _per([float(f in ("adam", "adamw")) for f in family], device)
+        self.groups = {  # family -> indices of its individuals (None: every individual)
+            f: None if len(set(family)) == 1 else torch.tensor([i for i, x in enumerate(family) if x == f], device=device)
+            for f in dict.fromkeys(family)
+        }
         self.state = [{"buf": torch.zeros_like(p), "m": torch.zeros_like(p), "v": torch.zeros_like(p)} for p in self.params]
 
     def tensors(self) -> list[torch.Tensor]:
@@ -79,45 +83,41 @@ class PackedOptimizer:
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
         self.step_count += self.adam_like  # Adam's bias correction counts its own steps
-        for p, g, s in zip(self.params, grads, self.state):
-            new = p
-            for family, mask in self.masks.items():
-                new = torch.where(_b(mask, p), self._update(family, p, g, s, mask), new)
-            p.copy_(new)
+        for family, idx in self.groups.items():
+            hp = {k: v if idx is None else v[idx] for k, v in self.hp.items()}
+            hp["step"] = self.step_count if idx is None else self.step_count[idx]
+            for p, g, s in zip(self.params, grads, self.state):
+                if idx is None:
+                    p.copy_(_update(family, p, g, s, hp))
+                else:
+                    sub = {k: v[idx] for k, v in s.items()}
+                    p[idx] = _update(family, p[idx], g[idx], sub, hp)
+                    for k, v in sub.items():
+                        s[k][idx] = v
 
-    def _update(self, family: str, p, g, s, mask) -> torch.Tensor:
-        lr, mom, wd = _b(self.lr, p), _b(self.momentum, p), _b(self.wd, p)
-        keep = _b(mask, p)
-        if family in ("sgd", "nesterov"):
-            g = g + wd * p
-            buf = mom * s["buf"] + g
-            s["buf"].copy_(torch.where(keep, buf, s["buf"]))
-            direction = torch.where(_b(self.nesterov, p), g + mom * buf, buf)
-            return p - lr * direction
-        if family in ("adam", "adamw"):
-            b1, b2 = _b(self.beta1, p), _b(self.beta2, p)
-            if family == "adamw":
-                p = p * (1 - lr * wd)
-            else:
-                g = g + wd * p
-            m = b1 * s["m"] + (1 - b1) * g
-            v = b2 * s["v"] + (1 - b2) * g * g
-            s["m"].copy_(torch.where(keep, m, s["m"]))
-            s["v"].copy_(torch.where(keep, v, s["v"]))
-            step = _b(self.step_count.clamp(min=1), p)
-            bc1, bc2 = 1 - b1**step, 1 - b2**step
-            return p - (lr / bc1) * m / (v.sqrt() / bc2.sqrt() + ADAM_EPS)
-        if family == "rmsprop":
-            g = g + wd * p
-            v = RMSPROP_ALPHA * s["v"] + (1 - RMSPROP_ALPHA) * g * g
-            buf = mom * s["buf"] + g / (v.sqrt() + EPS)
-            s["v"].copy_(torch.where(keep, v, s["v"]))
-            s["buf"].copy_(torch.where(keep, buf, s["buf"]))
-            return p - lr * buf
-        raise ValueError(f"unknown optimizer {family!r}")
 
-    def set_lr(self, lr: torch.Tensor) -> None:
-        self.lr = lr
+def _update(family: str, p: torch.Tensor, g: torch.Tensor, s: dict, hp: dict) -> torch.Tensor:
+    """The new parameters of one family's individuals; updates their state `s` in place."""
+    lr, mom, wd = _b(hp["lr"], p), _b(hp["momentum"], p), _b(hp["weight_decay"], p)
+    if family in ("sgd", "nesterov"):
+        g = g + wd * p
+        s["buf"].mul_(mom).add_(g)
+        return p - lr * torch.where(_b(hp["nesterov"], p), g + mom * s["buf"], s["buf"])
+    if family in ("adam", "adamw"):
+        b1, b2, step = _b(hp["beta1"], p), _b(hp["beta2"], p), _b(hp["step"], p)
+        if family == "adamw":
+            p = p * (1 - lr * wd)
+        else:
+            g = g + wd * p
+        s["m"].mul_(b1).add_((1 - b1) * g)
+        s["v"].mul_(b2).add_((1 - b2) * g * g)
+        return p - (lr / (1 - b1**step)) * s["m"] / (s["v"].sqrt() / (1 - b2**step).sqrt() + ADAM_EPS)
+    if family == "rmsprop":
+        g = g + wd * p
+        s["v"].mul_(RMSPROP_ALPHA).add_((1 - RMSPROP_ALPHA) * g * g)
+        s["buf"].mul_(mom).add_(g / (s["v"].sqrt() + EPS))
+        return p - lr * s["buf"]
+    raise ValueError(f"unknown optimizer {family!r}")
 
 
 @torch.no_grad()
@@ -158,7 +158,6 @@ def train_pack(
     device = inputs.device
     coins = [generator(*seed, "backoff") for seed in seeds]
     results = [TrainResult(f, dict(hp)) for f, hp in zip(start_fitness, hps)]
-    lr = optimizer.lr.clone()
     for epoch in range(epochs):
         saved = [t.detach().clone() for t in pack.tensors() + optimizer.tensors()]
         orders = torch.stack([
@@ -183,7 +182,7 @@ def train_pack(
                 result.backoffs += 1
                 if halve_lr:
                     result.hparams["lr"] /= 2
-                    lr[i] /= 2
+                    optimizer.hp["lr"][i] /= 2
             else:
                 result.fitness = value
             result.epoch_fitness.append(result.fitness)
@@ -193,7 +192,6 @@ def train_pack(
             with torch.no_grad():
                 for tensor, old in zip(pack.tensors() + optimizer.tensors(), saved):
                     tensor.copy_(torch.where(_b(mask, tensor), old, tensor))
-            optimizer.set_lr(lr.clone())
     for i, model in enumerate(models):
         model.load_state_dict(pack.state_dict(i))
     return results

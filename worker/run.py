@@ -50,11 +50,30 @@ class Run:
         return tuple(t.to(self.device) for t in self.task.fitness)
 
     def pack_size(self, pending: int) -> int:
-        """Individuals per pack: the spec's number, or auto (all pending, at most 64); 1 when the
-        model cannot be packed (vmap does not support every module)."""
+        """Individuals per pack: the spec's number, or auto (all pending, at most 64, and on a GPU
+        as many as 80 % of its free memory holds); 1 when the model cannot be packed (vmap does
+        not support every module)."""
         size = self.spec.pack.size
-        size = min(max(pending, 1), MAX_AUTO_PACK) if size == "auto" else size
+        if size == "auto":
+            size = min(max(pending, 1), MAX_AUTO_PACK)
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                size = max(1, min(size, int(0.8 * free / self.memory_per_individual)))
         return size if size == 1 or self.packable else 1
+
+    @cached_property
+    def memory_per_individual(self) -> int:
+        """CUDA bytes one packed individual needs: one measured training step of one model at the
+        largest batch size, plus optimizer state and the back-off snapshot (4 copies of the weights)."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        model = self.new_model()
+        batch = max(self.spec.sgd.batch_size)
+        self.task.loss(model(self.train_data[0][:batch]), self.train_data[1][:batch]).backward()
+        peak = torch.cuda.max_memory_allocated(self.device) - before
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        return peak + 4 * weights
 
     @cached_property
     def packable(self) -> bool:

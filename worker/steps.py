@@ -16,7 +16,7 @@ from esgd.store import checkpoint
 from esgd.store.base import NotFound, StoreError, attempt_id
 from esgd.store.uri import read_uri
 from esgd.worker import evolve as ops
-from esgd.worker.packed import train_pack
+from esgd.worker.packed import Pack, pack_fitness, train_pack
 from esgd.worker.run import Run
 from esgd.worker.train import fitness, metric, train as train_member
 from esgd.worker.weights import load_into
@@ -194,21 +194,27 @@ def evolve(run: Run, generation: int, rnd: int) -> None:
 
 
 def evaluate(run: Run, generation: int, rnd: int, offspring: tuple[int, int] | None = None) -> None:
-    """Fitness of offspring [a, b) of a round."""
+    """Fitness of offspring [a, b) of a round, in packs like training (packs formed from the whole
+    range, so a re-run after a partial commit computes the same values)."""
     start, stop = offspring or (0, run.spec.population.offspring)
     if stop > run.spec.population.offspring:
         raise ValueError(f"--offspring {start}..{stop} is outside 0..{run.spec.population.offspring}")
-    for index in range(start, stop):
-        child = keys.member_id(generation, rnd, index)
-        key = keys.fitness_record(run.id, generation, rnd, child)
-        if run.store.exists(key):
+    children = [keys.member_id(generation, rnd, index) for index in range(start, stop)]
+    record_key = lambda child: keys.fitness_record(run.id, generation, rnd, child)  # noqa: E731
+    for group in pack_groups([0] * len(children), run.pack_size(len(children))):
+        members = [children[i] for i in group]
+        if all(run.store.exists(record_key(child)) for child in members):
             continue
         try:
-            record = run.store.get_json(keys.offspring_record(run.id, generation, rnd, child))
+            models = [run.load_model(run.store.get_json(keys.offspring_record(run.id, generation, rnd, c))) for c in members]
         except NotFound:
-            raise StoreError(f"offspring {child} is not committed yet: run evolve first") from None
-        model = run.load_model(record)
-        run.store.commit_json(key, {"member": child, "fitness": fitness(model, run.task, run.fitness_data)})
+            raise StoreError(f"offspring of round {rnd} are not committed yet: run evolve first") from None
+        if len(models) == 1:
+            values = [fitness(models[0], run.task, run.fitness_data)]
+        else:
+            values = pack_fitness(Pack(models), run.task, run.fitness_data)
+        for child, value in zip(members, values):
+            run.store.commit_json(record_key(child), {"member": child, "fitness": value})
 
 
 def _offspring(run: Run, generation: int, rnd: int) -> list[dict]:

@@ -1,0 +1,165 @@
+"""Packed training vs the sequential plain-PyTorch loop, in one run (issue: fast populations).
+
+For each device (cpu, and cuda when present) and model (an MLP, ResNet-20 on CIFAR-10 shapes) it
+times, with the same model, data (already on the device) and batch size:
+  - sequential: a plain PyTorch loop, one model at a time, torch.optim SGD with Nesterov, fp32;
+  - packed k:   esgd.worker.packed.train_pack with k individuals (k in --ks), one epoch each,
+                including its per-epoch fitness evaluation and back-off bookkeeping;
+and prints seconds per individual-epoch and the speed-up over the sequential loop. An epoch is
+--epoch-examples examples (default: 50,000 for ResNet-20 as CIFAR-10, 1,257 for the MLP as the
+bundled digits task); each measurement runs --steps steps and scales to the epoch.
+Then it runs whole local generations of the bundled task and prints the share of time spent
+outside training and fitness evaluation.
+
+  python bench/packing.py                   # everything available (slow on a CPU: use --quick)
+  python bench/packing.py --quick           # a few minutes on one GPU or on 2 CPU cores
+"""
+
+import argparse
+import math
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from esgd.worker.packed import train_pack
+from esgd.worker.task import Task
+from esgd.worker.tasks.mlp import mlp
+from esgd.worker.tasks.resnet import resnet
+
+MODELS = {
+    # name: (factory, input shape, classes, batch size, examples per epoch)
+    "mlp": (lambda: mlp(64, 128, 2, 10), (64,), 10, 64, 1257),
+    "resnet20": (lambda: resnet(20), (3, 32, 32), 10, 128, 50000),
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def data(shape, classes, n, device):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, *shape, generator=g).to(device), torch.randint(classes, (n,), generator=g).to(device)
+
+
+def hp(batch):
+    return {"optimizer": "nesterov", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "beta1": 0.9, "beta2": 0.999, "batch_size": batch}
+
+
+def sequential(factory, x, y, batch, steps, models, device) -> float:
+    """Seconds per individual-step of the plain loop (after one warm-up step per model)."""
+    nets = [factory().to(device) for _ in range(models)]
+    opts = [torch.optim.SGD(n.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4) for n in nets]
+    total = 0.0
+    for net, opt in zip(nets, opts):
+        net.train()
+        for step in range(steps + 1):
+            if step == 1:
+                sync(device)
+                began = time.perf_counter()
+            idx = torch.randint(len(x), (batch,), device=device)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+        sync(device)
+        total += time.perf_counter() - began
+    return total / (models * steps)
+
+
+def packed(factory, x, y, batch, steps, k, device, bf16) -> float:
+    """Seconds per individual-step of train_pack with k individuals (one epoch of `steps` steps)."""
+    n = batch * steps
+    task = Task(model=factory, train=(x[:n], y[:n]), fitness=(x[:batch], y[:batch]), eval_batch_size=batch)
+    def once(steps_n):
+        models = [factory().to(device) for _ in range(k)]
+        sub = (x[: batch * steps_n], y[: batch * steps_n])
+        sync(device)
+        began = time.perf_counter()
+        train_pack(models, task, sub, task.fitness, [hp(batch)] * k, 1, [math.inf] * k, 1.0,
+                   [(0, 0, f"m{i}") for i in range(k)], bf16=bf16)
+        sync(device)
+        return time.perf_counter() - began
+    once(2)  # warm-up (allocations, cudnn autotuning)
+    return once(steps) / (k * steps)
+
+
+def generation_share(device: str, generations: int) -> tuple[float, float]:
+    """(share of a local generation spent outside training and fitness evaluation, seconds per
+    generation), from a real local run of the bundled task; generation 1 (task loading, first
+    kernels) is not counted."""
+    from esgd.controller.local import execute
+    from esgd.controller.runs import create_or_resume
+    from esgd.core.spec import parse_spec
+    from esgd.store.local import LocalStore
+    from esgd.worker import steps
+    from esgd.worker.run import Run
+
+    inside = [0.0]
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                inside[0] += time.perf_counter() - began
+        return wrapper
+
+    for name in ("train_member", "train_pack", "fitness", "pack_fitness"):  # what the steps call
+        setattr(steps, name, timed(getattr(steps, name)))
+    spec = parse_spec({"generations": generations + 1, "population": {"mu": 16, "offspring": 16},
+                       "sgd": {"batch_size": [64]}, "device": device})
+    marks = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LocalStore(tmp)
+        run_id, _ = create_or_resume(store, spec, "bench")
+        execute(Run(store, run_id, spec, device), progress=lambda line: marks.append((time.perf_counter(), inside[0])))
+    (t0, i0), (t1, i1) = marks[0], marks[-1]
+    return 1 - (i1 - i0) / (t1 - t0), (t1 - t0) / (len(marks) - 1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--devices", default="auto", help="cpu, cuda or auto (cpu, plus cuda when present)")
+    p.add_argument("--models", default="mlp,resnet20")
+    p.add_argument("--ks", default="1,8,32,64")
+    p.add_argument("--steps", type=int, help="steps per measurement (default: 20 mlp / 5 resnet20 on cpu; 30 on cuda)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for packed training (CUDA)")
+    p.add_argument("--quick", action="store_true", help="fewer steps and fewer configurations: minutes, not hours")
+    p.add_argument("--generations", type=int, default=3, help="generations measured for the outside-share")
+    args = p.parse_args()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    ks = [int(k) for k in args.ks.split(",")]
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}")
+    print("| device | model | how | s per individual-epoch | vs sequential |")
+    print("|---|---|---|---|---|")
+    for device_name in devices:
+        device = torch.device(device_name)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        for name in args.models.split(","):
+            factory, shape, classes, batch, epoch = MODELS[name]
+            cpu_resnet = device.type == "cpu" and name == "resnet20"
+            steps = args.steps or (30 if device.type == "cuda" else (3 if cpu_resnet else 20))
+            if args.quick:
+                steps = max(2, steps // 2)
+            model_ks = [k for k in ks if not (cpu_resnet and k > 8)]  # 32+ ResNet-20s on 2 cores: hours
+            x, y = data(shape, classes, batch * max(steps, 2), device)
+            per_epoch = epoch / batch
+            base = sequential(factory, x, y, batch, steps, 2 if cpu_resnet else 4, device) * per_epoch
+            print(f"| {device_name} | {name} | sequential loop, fp32 | {base:.4f} | 1.0x |", flush=True)
+            for k in model_ks:
+                t = packed(factory, x, y, batch, steps, k, device, args.bf16 and device.type == "cuda") * per_epoch
+                print(f"| {device_name} | {name} | packed k={k}{' bf16' if args.bf16 and device.type == 'cuda' else ''} | {t:.4f} | {base / t:.1f}x |", flush=True)
+    for device_name in devices:
+        share, seconds = generation_share(device_name, args.generations)
+        print(f"local generation on {device_name} (bundled task, mu=16, lambda=16, packed): "
+              f"{seconds:.2f} s per generation, {share:.1%} outside training and fitness evaluation")
+
+
+if __name__ == "__main__":
+    main()

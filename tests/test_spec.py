@@ -1,0 +1,53 @@
+"""The run spec: schema, documented fields, examples, overrides."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from esgd.controller.cli import main
+from esgd.core.spec import RunSpec, SpecError, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_schema_documents_every_field(capsys):
+    assert main(["spec", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "RunSpec"
+
+    def walk(properties, where):
+        for name, prop in properties.items():
+            assert prop.get("description"), f"{where}.{name} has no description"
+
+    walk(schema["properties"], "spec")
+    for name, definition in schema["$defs"].items():
+        walk(definition.get("properties", {}), name)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("**/*.yaml")), ids=lambda p: p.name)
+def test_every_example_is_a_valid_spec(path):
+    assert isinstance(load_spec(path.read_text()), RunSpec)
+
+
+def test_defaults_follow_the_paper():
+    spec = load_spec("{}")
+    assert spec.population.m == 5  # 60 % of µ = 8
+    assert load_spec("population: {mu: 10}").population.m == 6
+    assert spec.sgd.backoff == 1.0 and spec.mode == "esgd"
+    assert set(spec.sgd.optimizers) == {"sgd", "nesterov", "adam"}
+
+
+def test_overrides_are_parsed_as_yaml():
+    spec = load_spec("{}", ["population.mu=12", "sgd.batch_size=[16, 32]", "mode=population", "pack.size=4"])
+    assert spec.population.mu == 12 and spec.sgd.batch_size == [16, 32] and spec.mode == "population"
+    assert spec.pack.size == 4
+    with pytest.raises(SpecError, match="population.mu"):
+        load_spec("{}", ["population.mu=0"])
+
+
+def test_spec_command_prints_the_resolved_spec(capsys, tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("population: {mu: 3, elite: 2}\n")
+    assert main(["spec", str(path)]) == 0
+    assert load_spec(capsys.readouterr().out).population.mu == 3
