@@ -33,5 +33,14 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# The cluster path end to end on a local kind cluster: Argo Workflows v4, MinIO, the chart, a
+# 2-generation CPU run with `argo submit --wait`. Needs docker, kind, kubectl, helm, argo (not on CI).
+smoke:
+	scripts/kind-smoke.sh
+
+# Packed training vs the sequential loop (docs/PERFORMANCE.md); --quick fits a short GPU lease.
+bench: install
+	$(PY) bench/packing.py --quick
+
 clean:
 	rm -rf $(STORE) demo-out esgd-report-*

@@ -29,9 +29,11 @@ def workflow_name(run_id: str, phase: int | str, attempt: int = 0) -> str:
     return dns_label(run_id, MAX_NAME - len(suffix)) + suffix
 
 
-def launcher_name(run_id: str) -> str:
-    suffix = "-launcher"
-    return dns_label(run_id, MAX_NAME - len(suffix)) + suffix
+def launcher_prefix(run_id: str) -> str:
+    """generateName of a run's launcher Workflow: each `argo submit` makes a new one (the controller
+    inside resumes the run), so a CI job can simply be re-run."""
+    suffix = "-launcher-"
+    return dns_label(run_id, MAX_NAME - 5 - len(suffix)) + suffix
 
 
 def label_value(text: str) -> str:

@@ -83,6 +83,6 @@ def workflow_options(settings: ClusterSettings, labels: dict[str, str], service_
         image_pull_secrets=[m.LocalObjectReference(name=n) for n in settings.image_pull_secrets] or None,
         security_context=pod_security_context(),
         volumes=[m.Volume(name=TMP, empty_dir=m.EmptyDirVolumeSource())],
-        pod_gc=m.PodGC(strategy=settings.pod_gc, delete_delay_duration=settings.pod_gc_delay) if settings.pod_gc else None,
+        pod_gc=m.PodGC(strategy=settings.pod_gc_strategy, delete_delay_duration=settings.pod_gc_delay) if settings.pod_gc_strategy else None,
         ttl_strategy=ttl,
     )

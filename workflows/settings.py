@@ -5,6 +5,7 @@ controller and `esgd compile --settings` read the same file. The docstrings belo
 reference (docs/kubernetes.md lists them).
 """
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -79,6 +80,39 @@ class Retry(_Model):
     """Longest wait between two retries (Argo duration)."""
 
 
+class GpuPods(Pods):
+    """Pods of the GPU steps; the defaults differ from CPU pods."""
+
+    cpu: str = Field(default="4", pattern=QUANTITY)
+    """CPU request (Kubernetes quantity, e.g. "500m", "4")."""
+    memory: str = Field(default="16Gi", pattern=QUANTITY)
+    """Memory request, also used as the limit (e.g. "8Gi")."""
+    gpus: int = Field(default=1, ge=0)
+    """GPUs per pod (requested and limited as `gpuResource`); 0: a CPU-only pod."""
+    tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    )
+    """Taints the pod tolerates (default: the nvidia.com/gpu taint of GPU node pools)."""
+
+
+class CpuPods(Pods):
+    """Pods of the CPU steps."""
+
+    cpu: str = Field(default="2", pattern=QUANTITY)
+    """CPU request (Kubernetes quantity, e.g. "500m", "4")."""
+    memory: str = Field(default="8Gi", pattern=QUANTITY)
+    """Memory request, also used as the limit (e.g. "8Gi")."""
+
+
+class ControllerPods(Pods):
+    """The controller pod."""
+
+    cpu: str = Field(default="250m", pattern=QUANTITY)
+    """CPU request (Kubernetes quantity, e.g. "500m", "4")."""
+    memory: str = Field(default="1Gi", pattern=QUANTITY)
+    """Memory request, also used as the limit (e.g. "8Gi")."""
+
+
 class ClusterSettings(_Model):
     """Where and how a run's pods run on a cluster."""
 
@@ -92,13 +126,11 @@ class ClusterSettings(_Model):
     """Names of Secrets to pull the image with."""
     gpu_resource: str = "nvidia.com/gpu"
     """Extended resource name of a GPU on this cluster."""
-    gpu: Pods = Pods(
-        cpu="4", memory="16Gi", gpus=1, tolerations=[Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
-    )
+    gpu: GpuPods = GpuPods()
     """GPU pods: init, train, evaluate and finetune steps (`gpus: 0` runs them on CPUs)."""
-    cpu: Pods = Pods(cpu="2", memory="8Gi")
+    cpu: CpuPods = CpuPods()
     """CPU pods: evolve (reads the parameter vectors, writes λ offspring), select, finish."""
-    controller: Pods = Pods(cpu="250m", memory="1Gi")
+    controller: ControllerPods = ControllerPods()
     """The controller pod (launcher Workflow, chart run Job, helm test)."""
     service_account_name: str = "esgd-workflow"
     """Service account of the worker pods (the chart's Role lets it write workflowtaskresults)."""
@@ -121,7 +153,7 @@ class ClusterSettings(_Model):
     """Longest run time of one generation's Workflow; past it the Workflow fails (and may be retried)."""
     parallelism: int | None = Field(default=None, ge=1)
     """Most pods of one Workflow running at once; omitted: no limit."""
-    pod_gc: Literal["OnPodCompletion", "OnPodSuccess", "OnWorkflowCompletion", "OnWorkflowSuccess"] | None = "OnPodSuccess"
+    pod_gc_strategy: Literal["OnPodCompletion", "OnPodSuccess", "OnWorkflowCompletion", "OnWorkflowSuccess"] | None = "OnPodSuccess"
     """When finished pods are deleted (omitted: never); failed pods are kept for their logs by OnPodSuccess."""
     pod_gc_delay: str | None = "10m"
     """How long finished pods are kept before pod GC deletes them (Argo duration)."""
@@ -165,3 +197,31 @@ def dump_settings(settings: ClusterSettings) -> str:
 def json_schema() -> dict:
     """JSON schema of the settings file (camelCase keys, unknown keys rejected)."""
     return ClusterSettings.model_json_schema(by_alias=True)
+
+
+def reference_markdown() -> str:
+    """A Markdown table of every setting (key, default, docstring): docs/kubernetes.md holds it."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+
+    def walk(instance: BaseModel, prefix: str) -> None:
+        dumped = instance.model_dump(mode="json", by_alias=True)
+        for name, field in type(instance).model_fields.items():
+            key = field.alias or name
+            value = getattr(instance, name)
+            if isinstance(value, BaseModel):
+                walk(value, f"{prefix}{key}.")
+                continue
+            shown = json.dumps(_drop_none(dumped[key])).replace("|", "\\|")
+            text = " ".join((field.description or "").split()).replace("|", "\\|")
+            rows.append(f"| `{prefix}{key}` | `{shown}` | {text} |")
+
+    walk(ClusterSettings(), "")
+    return "\n".join(rows) + "\n"
+
+
+def _drop_none(node):
+    if isinstance(node, dict):
+        return {k: _drop_none(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_drop_none(v) for v in node]
+    return node

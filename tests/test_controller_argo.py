@@ -1,0 +1,312 @@
+"""The cluster controller against an in-process fake of the two Kubernetes calls it makes.
+
+The fake records the exact request bodies (validated against Argo's schema and Hera's models) and
+"runs" a submitted Workflow the way Argo would: it walks the DAG, fills in the parameters and runs
+each pod's command (`esgd-worker ...`) in this process against the run's store. So these tests
+prove that the controller's Workflows, executed, produce the committed state it advances on.
+"""
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from esgd.controller.argo import (
+    AlreadyExists, ClusterRunError, Controller, KubernetesWorkflows, cluster_check, failure_reason, next_phase,
+)
+from esgd.controller.runs import create_or_resume
+from esgd.core import keys
+from esgd.core.plan import Step, final_stages, generation_stages
+from esgd.core.spec import load_spec
+from esgd.store.uri import open_store
+from esgd.worker import cli as worker_cli
+from esgd.worker.run import Run
+from esgd.workflows import names
+from esgd.workflows.check import hera_problems, schema_problems
+from esgd.workflows.settings import parse_settings
+
+ARGO_SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "argo" / "workflow-v4.1.2.schema.json"
+NAMESPACE = "esgd"
+SPEC = """
+name: tiny
+task: esgd.worker.tasks.digits:task
+task_args: {hidden: 8}
+generations: 2
+population: {mu: 3, offspring: 2, rho: 2, elite: 2}
+finetune: {epochs: 1}
+device: cpu
+"""
+
+
+class FakeWorkflows:
+    """create/get on workflows.argoproj.io, in memory. A created Workflow is Pending, then Running
+    on the next get, then, on the get after, it runs: its DAG is executed in-process (or the
+    outcome scripted in `outcomes` is reported without running anything)."""
+
+    def __init__(self, outcomes: dict | None = None):
+        self.objects: dict[tuple[str, str], dict] = {}
+        self.created: list[tuple[str, dict]] = []  # exact request bodies, in order
+        self.commands: list[list[str]] = []  # every pod command run, in order
+        self.outcomes = outcomes or {}  # name -> (phase, message) reported instead of running
+        self.hidden_once: set[str] = set()  # names a first get does not see (a racing submitter)
+
+    def create(self, namespace: str, body: dict) -> dict:
+        self.created.append((namespace, copy.deepcopy(body)))
+        assert body["metadata"].get("namespace") in (None, namespace)
+        key = (namespace, body["metadata"]["name"])
+        if key in self.objects:
+            raise AlreadyExists(key[1])
+        self.objects[key] = dict(copy.deepcopy(body), status={"phase": "Pending"})
+        return copy.deepcopy(self.objects[key])
+
+    def get(self, namespace: str, name: str) -> dict | None:
+        if name in self.hidden_once:
+            self.hidden_once.discard(name)
+            return None
+        obj = self.objects.get((namespace, name))
+        if obj is None:
+            return None
+        status = obj["status"]
+        if status["phase"] == "Pending":
+            status["phase"] = "Running"
+        elif status["phase"] == "Running":
+            phase, message = self.outcomes.get(name) or self.execute(obj)
+            status.update(phase=phase, message=message)
+        return copy.deepcopy(obj)
+
+    def execute(self, workflow: dict) -> tuple[str, str]:
+        """Run the DAG's pods in dependency order, as Argo would (no retries)."""
+        spec = workflow["spec"]
+        params = {p["name"]: p["value"] for p in spec["arguments"]["parameters"]}
+        templates = {t["name"]: t for t in spec["templates"]}
+        tasks = templates[spec["entrypoint"]]["dag"]["tasks"]
+        done: set[str] = set()
+        while len(done) < len(tasks):
+            ready = [t for t in tasks if t["name"] not in done
+                     and set(filter(None, (t.get("depends") or "").split(" && "))) <= done]
+            assert ready, "the DAG has a cycle or an unknown dependency"
+            for task in ready:
+                inputs = {p["name"]: p["value"] for p in task.get("arguments", {}).get("parameters", [])}
+                container = templates[task["template"]]["container"]
+                argv = [re.sub(r"\{\{(workflow|inputs)\.parameters\.([\w-]+)\}\}",
+                               lambda m: (params if m.group(1) == "workflow" else inputs)[m.group(2)], a)
+                        for a in container["command"] + container["args"]]
+                self.commands.append(argv)
+                assert argv[0] == "esgd-worker"
+                if worker_cli.main(argv[1:] + ["--device", "cpu"]) != 0:
+                    return "Failed", f"child '{task['name']}' failed"
+                done.add(task["name"])
+        return "Succeeded", ""
+
+
+@pytest.fixture
+def run(tmp_path) -> Run:
+    store = open_store(str(tmp_path / "store"))
+    spec = load_spec(SPEC)
+    run_id, _ = create_or_resume(store, spec, "tiny-run")
+    return Run(store, run_id, spec, "cpu")
+
+
+def controller(fake, run, log=None, **settings) -> Controller:
+    sleeps = []
+    ctl = Controller(fake, run, parse_settings({"pollSeconds": 5, **settings}), NAMESPACE,
+                     sleep=sleeps.append, log=(log if log is not None else (lambda line: None)))
+    ctl.sleeps = sleeps
+    return ctl
+
+
+def expected_commands(run: Run, phases) -> list[list[str]]:
+    """The worker commands of the local executor's plan for these phases (pack 1, shard 4)."""
+    out = []
+    for phase in phases:
+        if phase == names.FINAL:
+            stages = final_stages(run.spec, 1)
+        else:
+            stages = ([[Step("init")]] if phase == 0 else []) + generation_stages(run.spec, phase, 1, 4)
+        out += [["esgd-worker", s.command, "--run", run.uri, *s.args()] for stage in stages for s in stage]
+    return out
+
+
+def created_names(fake) -> list[str]:
+    return [body["metadata"]["name"] for _, body in fake.created]
+
+
+def test_runs_every_phase_with_the_plans_commands(run):
+    fake, lines = FakeWorkflows(), []
+    ctl = controller(fake, run, log=lines.append)
+    ctl.drive()
+    assert created_names(fake) == ["tiny-run-g0000-a0", "tiny-run-g0001-a0", "tiny-run-final-a0"]
+    assert fake.commands == expected_commands(run, [0, 1, names.FINAL])
+    assert run.store.exists(keys.final_manifest(run.id)) and next_phase(run) is None
+    assert ctl.sleeps == [5.0] * 3  # per phase: seen Running once (one poll interval), then finished
+    assert any(line.startswith("gen   2/2") for line in lines) and lines[-1] == "run tiny-run is complete"
+
+
+def test_request_bodies_are_valid_argo_workflows(run):
+    """The fake is honest: what the controller sends is what Argo accepts (schema + Hera models)."""
+    fake = FakeWorkflows()
+    controller(fake, run, **{"gpu": {"gpus": 0}}).drive()
+    assert len(fake.created) == 3
+    for namespace, body in fake.created:
+        assert body["metadata"]["namespace"] == namespace == NAMESPACE
+        assert body["apiVersion"] == "argoproj.io/v1alpha1" and body["kind"] == "Workflow"
+        assert hera_problems(body) == []
+        if ARGO_SCHEMA.is_file():
+            assert schema_problems(body, ARGO_SCHEMA) == []
+
+
+def test_a_failed_generation_is_submitted_again(run):
+    fake, lines = FakeWorkflows({"tiny-run-g0001-a0": ("Failed", "pod deleted")}), []
+    controller(fake, run, log=lines.append).drive()
+    assert created_names(fake) == ["tiny-run-g0000-a0", "tiny-run-g0001-a0", "tiny-run-g0001-a1", "tiny-run-final-a0"]
+    assert any("tiny-run-g0001-a0 Failed: pod deleted; on to the next attempt (2 left)" in line for line in lines)
+    assert next_phase(run) is None
+
+
+def test_stops_with_the_reason_after_the_last_attempt(run):
+    failing = {names.workflow_name(run.id, 0, a): ("Failed", "node shutdown") for a in range(2)}
+    fake = FakeWorkflows(failing)
+    with pytest.raises(ClusterRunError, match=r"generation 0 failed 2 time\(s\); last: tiny-run-g0000-a1 Failed: node shutdown"):
+        controller(fake, run, generationAttempts=2).drive()
+    assert created_names(fake) == ["tiny-run-g0000-a0", "tiny-run-g0000-a1"]
+
+
+def test_a_failing_worker_fails_the_workflow_and_the_run(run):
+    """A pod that exits non-zero (here: a spec that no longer matches the store) fails its
+    Workflow; with one attempt the run stops and names the failed task."""
+    fake = FakeWorkflows()
+    ctl = controller(fake, run, generationAttempts=1)
+    run.store.put(keys.spec(run.id), b"not: [a valid spec")  # every worker now exits 2
+    with pytest.raises(ClusterRunError, match="child 'init' failed"):
+        ctl.drive()
+
+
+def test_restart_continues_from_the_committed_state(run):
+    """A new controller (after a crash) never resubmits a committed generation and waits for the
+    attempt an earlier controller left running instead of submitting it twice."""
+    fake = FakeWorkflows()
+    first = controller(fake, run)
+    first.complete(0)
+    first.workflows.create(NAMESPACE, first.body(1, 0))  # submitted, then the controller died
+    fresh = Run.open(run.uri, "cpu")
+    lines = []
+    controller(fake, fresh, log=lines.append).drive()
+    assert created_names(fake) == ["tiny-run-g0000-a0", "tiny-run-g0001-a0", "tiny-run-final-a0"]
+    assert "found tiny-run-g0001-a0 from an earlier start; waiting for it" in lines
+    assert fake.commands == expected_commands(run, [0, 1, names.FINAL])
+
+
+def test_a_finished_run_submits_nothing(run):
+    fake = FakeWorkflows()
+    controller(fake, run).drive()
+    again = FakeWorkflows()
+    controller(again, Run.open(run.uri, "cpu")).drive()
+    assert again.created == []
+
+
+def test_a_double_submission_is_detected_not_duplicated(run):
+    """Another controller submits the same attempt between our get and our create: the API server
+    answers 409 (same deterministic name) and we wait for that Workflow."""
+    fake, lines = FakeWorkflows(), []
+    other = controller(fake, run)
+    other.workflows.create(NAMESPACE, other.body(0, 0))
+    fake.hidden_once.add("tiny-run-g0000-a0")
+    controller(fake, run, log=lines.append).complete(0)
+    assert created_names(fake) == ["tiny-run-g0000-a0", "tiny-run-g0000-a0"]  # the second got 409
+    assert len([c for c in fake.commands if c[1] == "init"]) == 1
+    assert any("submitted by someone else" in line for line in lines)
+
+
+def test_success_without_a_commit_is_an_error(run):
+    fake = FakeWorkflows({"tiny-run-g0000-a0": ("Succeeded", "")})
+    with pytest.raises(ClusterRunError, match="not committed"):
+        controller(fake, run).drive()
+
+
+def test_a_deleted_workflow_counts_as_a_failed_attempt(run):
+    class Deleting(FakeWorkflows):
+        def get(self, namespace, name):
+            obj = super().get(namespace, name)
+            if name == "tiny-run-g0000-a0" and obj and obj["status"]["phase"] == "Running":
+                del self.objects[(namespace, name)]
+                return None
+            return obj
+
+    fake, lines = Deleting(), []
+    controller(fake, run, log=lines.append).complete(0)
+    assert "tiny-run-g0000-a0 Error: the Workflow was deleted; on to the next attempt (2 left)" in lines
+    assert next_phase(run) == 1
+
+
+def test_failure_reason_names_the_failed_pod():
+    workflow = {"status": {"phase": "Failed", "message": "child 'train-m0-1' failed", "nodes": {
+        "a": {"type": "DAG", "phase": "Failed", "message": "x"},
+        "b": {"type": "Pod", "phase": "Failed", "displayName": "train-m0-1(1)", "message": "OOMKilled (exit code 137)"},
+    }}}
+    assert failure_reason(workflow) == "child 'train-m0-1' failed; train-m0-1(1): OOMKilled (exit code 137)"
+    assert failure_reason({}) == "no message"
+
+
+class FakeCustomObjectsApi:
+    """The kubernetes client's CustomObjectsApi surface KubernetesWorkflows uses."""
+
+    def __init__(self, errors):
+        self.errors, self.calls = list(errors), []
+
+    def _answer(self, *args):
+        self.calls.append(args)
+        error = self.errors.pop(0) if self.errors else None
+        if error:
+            raise ApiException(status=error, reason="scripted")
+        return {"metadata": {"name": args[-1] if isinstance(args[-1], str) else args[-1]["metadata"]["name"]}}
+
+    create_namespaced_custom_object = get_namespaced_custom_object = _answer
+
+
+def test_kubernetes_client_adapter():
+    body = {"metadata": {"name": "w"}}
+    api = FakeCustomObjectsApi([503, None])
+    k8s = KubernetesWorkflows(api, sleep=lambda s: None)
+    assert k8s.create("ns", body)["metadata"]["name"] == "w"  # a 503 is retried
+    assert api.calls[-1] == ("argoproj.io", "v1alpha1", "ns", "workflows", body)
+    k8s.api = FakeCustomObjectsApi([409])
+    with pytest.raises(AlreadyExists):
+        k8s.create("ns", body)
+    k8s.api = FakeCustomObjectsApi([404])
+    assert k8s.get("ns", "w") is None
+    k8s.api = FakeCustomObjectsApi([None])
+    assert k8s.get("ns", "w") == {"metadata": {"name": "w"}}
+    assert k8s.api.calls == [("argoproj.io", "v1alpha1", "ns", "workflows", "w")]
+    k8s.api = FakeCustomObjectsApi([403])
+    with pytest.raises(ClusterRunError, match="403"):
+        k8s.get("ns", "w")
+
+
+def test_cluster_check(run):
+    """What `helm test` runs: a get answered 404 means the Workflows can be read; a 403 stops it."""
+    lines = []
+    cluster_check(FakeWorkflows(), NAMESPACE, run.store, lines.append)
+    assert lines == [f"ok: Workflows in namespace {NAMESPACE} can be read", f"ok: store {run.store.uri} can be written"]
+    forbidden = KubernetesWorkflows(FakeCustomObjectsApi([403]), sleep=lambda s: None)
+    with pytest.raises(ClusterRunError, match="403"):
+        cluster_check(forbidden, NAMESPACE)
+
+
+def test_controller_cli_creates_then_resumes_a_run(tmp_path, monkeypatch, capsys):
+    """`esgd controller SPEC --store ... --settings ...` drives the run to its end and prints its
+    URI; `esgd controller RUN_URI` later finds it complete and submits nothing."""
+    import esgd.controller.argo as argo
+    from esgd.controller.cli import main
+
+    fakes = []
+    monkeypatch.setattr(argo, "KubernetesWorkflows", lambda: fakes.append(FakeWorkflows()) or fakes[-1])
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    (tmp_path / "settings.yaml").write_text(f"namespace: {NAMESPACE}\npollSeconds: 0.01\n")
+    common = ["--settings", str(tmp_path / "settings.yaml")]
+    assert main(["controller", str(tmp_path / "spec.yaml"), "--store", str(tmp_path / "store"), "--run-id", "cli", *common]) == 0
+    uri = capsys.readouterr().out.strip()
+    assert uri.endswith("/runs/cli") and created_names(fakes[0]) == ["cli-g0000-a0", "cli-g0001-a0", "cli-final-a0"]
+    assert main(["controller", uri, *common]) == 0
+    assert fakes[1].created == [] and "run cli is complete" in capsys.readouterr().err
