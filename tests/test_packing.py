@@ -71,3 +71,24 @@ def test_packed_and_unpacked_runs_give_the_same_history(store_uri):
                 assert y[key] == pytest.approx(value, rel=1e-9), key
             else:
                 assert y[key] == value, key
+
+
+class _Scaled(torch.nn.Module):
+    """A model with a non-persistent buffer (not in its state_dict, so not in checkpoints)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(2.0, dtype=torch.float64), persistent=False)
+        self.net = mlp(6, 8, 1, 2, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.net(x * self.scale)
+
+
+def test_models_with_non_persistent_buffers_pack():
+    task = _task()
+    task.model = _Scaled
+    models = [_Scaled() for _ in range(3)]
+    hps = [{"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "batch_size": 50}] * 3
+    results = train_pack(models, task, task.train, task.fitness, hps, 1, [9.0] * 3, 1.0, [(0, 0, f"m{i}") for i in range(3)])
+    assert all(r.fitness < 9.0 for r in results) and "scale" not in models[0].state_dict()

@@ -29,6 +29,7 @@ class Pack:
         self.k = len(models)
         self.base = copy.deepcopy(models[0]).to("meta")
         self.params, self.buffers = stack_module_state(models)
+        self.persistent = set(models[0].state_dict())  # non-persistent buffers stay out of checkpoints
 
     def _call(self, params, buffers, x):
         return functional_call(self.base, (params, buffers), (x,))
@@ -38,7 +39,7 @@ class Pack:
         return vmap(self._call, in_dims=(0, 0, None if shared else 0), randomness="different")(self.params, self.buffers, x)
 
     def state_dict(self, i: int) -> dict:
-        return {name: t[i].detach() for name, t in {**self.params, **self.buffers}.items()}
+        return {name: t[i].detach() for name, t in {**self.params, **self.buffers}.items() if name in self.persistent}
 
     def tensors(self) -> list[torch.Tensor]:
         return list(self.params.values()) + list(self.buffers.values())

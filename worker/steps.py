@@ -329,7 +329,7 @@ def finish(run: Run) -> None:
         best = min(rows, key=lambda r: r["fitness"])
         summary = {
             "best_member": best["member"], "best_fitness": best["fitness"], **_ref(best),
-            "metric_name": run.task.metric_name, "metric": metric(run.load_model(best), run.task, run.fitness_data),
+            "metric_name": run.task.metric_name, "metric": metric(run.load_model(best), run.task, run.fitness_data, best["fitness"]),
         }
         run.store.commit_json(keys.final_summary(run.id), summary)
         run.store.put_if_absent(key, to_parquet(rows, MANIFEST))

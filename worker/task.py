@@ -30,6 +30,8 @@ class Task:
     """loss(model(inputs), targets) -> mean loss (a scalar tensor)."""
     metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     """Optional error metric on the fitness set, e.g. error rate (reported, never optimised)."""
+    metric_of_fitness: Callable[[float], float] | None = None
+    """Optional metric computed from the fitness value instead, e.g. perplexity = math.exp."""
     metric_name: str = "error"
     """Name of the metric in reports."""
     eval_batch_size: int = 1024

@@ -38,11 +38,20 @@ def fitness(model: torch.nn.Module, task: Task, data: tuple[torch.Tensor, ...]) 
 
 
 @torch.no_grad()
-def metric(model: torch.nn.Module, task: Task, data: tuple[torch.Tensor, ...]) -> float | None:
+def metric(model: torch.nn.Module, task: Task, data: tuple[torch.Tensor, ...], fitness_value: float) -> float | None:
+    """The task's error metric on the fitness set (batched, weighted by batch size), or the
+    metric derived from the fitness value when the task defines one (perplexity)."""
+    if task.metric_of_fitness is not None:
+        return float(task.metric_of_fitness(fitness_value))
     if task.metric is None:
         return None
     model.eval()
-    return float(task.metric(model(data[0]), data[1]))
+    inputs, targets = data
+    total = 0.0
+    for start in range(0, len(inputs), task.eval_batch_size):
+        x, y = inputs[start : start + task.eval_batch_size], targets[start : start + task.eval_batch_size]
+        total += float(task.metric(model(x), y)) * len(x)
+    return total / len(inputs)
 
 
 @dataclass

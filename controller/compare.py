@@ -1,0 +1,153 @@
+"""`esgd compare SPEC`: the four modes side by side, with the same spec and budget, as in the
+paper's Table 1 (best fitness, the [best, 15th best] range, the task's error metric) and its
+Fig. 1 (fitness per generation) and Fig. 2 (offspring among the elites) with all modes together.
+
+The modes share everything but `mode`: generations K, epochs per generation Ks, µ, the optimizer
+pool, the seed. `single` trains one model, the others µ. Each mode is an ordinary run with the id
+`<base>-<mode>`, where <base> is the spec's default run id (computed with mode=esgd, so the mode
+written in the spec file does not matter): running the same command again resumes, and every run
+can be inspected with `esgd report` or `esgd lineage`.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from esgd.core.spec import RunSpec, parse_spec
+
+MODES = ("single", "population", "no-evolution", "esgd")
+
+
+def with_mode(spec: RunSpec, mode: str) -> RunSpec:
+    return parse_spec({**spec.model_dump(mode="json"), "mode": mode})
+
+
+def base_run_id(spec: RunSpec) -> str:
+    from esgd.controller.runs import default_run_id
+
+    return default_run_id(with_mode(spec, "esgd"))
+
+
+def compare(spec: RunSpec, store_uri: str | None, base: str | None = None, device: str | None = None,
+            modes: tuple[str, ...] = MODES, progress: Callable[[str], None] = print) -> list[dict]:
+    """Run (or resume) every mode; one result per mode: mode, run (URI), best, top15, metric_name,
+    metric, epochs (individual-epochs of SGD), generations (per-generation summaries)."""
+    from esgd.controller.local import execute
+    from esgd.controller.report import load
+    from esgd.controller.runs import create_or_resume
+    from esgd.core.manifest import HISTORY, from_parquet
+    from esgd.core import keys
+    from esgd.store.uri import open_store, run_uri
+    from esgd.worker.run import Run
+
+    store = open_store(store_uri)
+    base = base or base_run_id(spec)
+    results = []
+    for mode in modes:
+        mode_spec = with_mode(spec, mode)
+        run_id, resumed = create_or_resume(store, mode_spec, f"{base}-{mode}")
+        progress(f"{'resuming' if resumed else 'starting'} {mode}: {run_uri(store, run_id)} "
+                 f"(µ={mode_spec.mu}, K={mode_spec.generations})")
+        began = time.perf_counter()
+        execute(Run(store, run_id, mode_spec, device), progress=progress)
+        progress(f"{mode}: {time.perf_counter() - began:.1f}s")
+        summaries, final = load(store, run_id)
+        rows = from_parquet(store.get(keys.history(run_id)), HISTORY)
+        last = summaries[-1]
+        results.append({
+            "mode": mode,
+            "run": run_uri(store, run_id),
+            "best": final["best_fitness"],
+            "top15": last["top15"],
+            "metric_name": final["metric_name"],
+            "metric": final["metric"],
+            "best_member": final["best_member"],
+            "epochs": sum(r["epochs"] or 0 for r in rows if r["role"] in ("parent", "finetune")),
+            "generations": summaries,
+        })
+    return results
+
+
+def _metric(value: float | None, name: str) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f} %" if "error" in name else f"{value:.2f}"
+
+
+def table(results: list[dict], title: str) -> str:
+    """The paper's Table 1 layout, one row per mode."""
+    name = results[0]["metric_name"] if results else "metric"
+    head = f"{'mode':<14} {'best fitness':>12}  {'[best, 15th best]':<20} {name:>12}  {'SGD epochs':>10}"
+    lines = [title, head, "-" * len(head)]
+    for r in results:
+        band = f"[{r['top15'][0]:.4f}, {r['top15'][1]:.4f}]"
+        lines.append(f"{r['mode']:<14} {r['best']:>12.4f}  {band:<20} {_metric(r['metric'], name):>12}  {r['epochs']:>10}")
+    return "\n".join(lines)
+
+
+def json_lines(results: list[dict]) -> str:
+    keep = ("mode", "best", "top15", "metric_name", "metric", "run", "best_member", "epochs")
+    return "\n".join(json.dumps({**{k: r[k] for k in keep}, r["metric_name"]: r["metric"]}) for r in results)
+
+
+def plots(results: list[dict], out: Path, title: str) -> list[Path]:
+    """fitness.png (Fig. 1: best and the [best, 15th best] band per generation, every mode) and
+    offspring_in_elite.png (Fig. 2: share of offspring among the m elites, every mode)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in results:
+        gens = [s["generation"] for s in r["generations"]]
+        line, = ax.plot(gens, [s["best"] for s in r["generations"]], marker="o", markersize=3, label=f"{r['mode']} (best)")
+        ax.fill_between(gens, [s["top15"][0] for s in r["generations"]], [s["top15"][1] for s in r["generations"]],
+                        color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="generation", ylabel="fitness (loss, lower is better)", title=f"{title}: best and [best, 15th best]")
+    ax.set_yscale("log")
+    ax.legend()
+    fig2, ax2 = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / max(1, len(results))
+    for i, r in enumerate(results):
+        gens = [s["generation"] for s in r["generations"]]
+        ax2.bar([g + (i - (len(results) - 1) / 2) * width for g in gens], [100 * s["offspring_in_elite"] for s in r["generations"]],
+                width=width, label=r["mode"])
+    ax2.set(xlabel="generation", ylabel="% offspring", ylim=(0, 100), title=f"{title}: offspring among the m elites")
+    ax2.legend()
+    files = [out / "fitness.png", out / "offspring_in_elite.png"]
+    for figure, path in zip((fig, fig2), files):
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+    return files
+
+
+def main(args) -> int:
+    """The `esgd compare` command."""
+    from esgd.core.spec import SpecError, load_spec
+
+    try:
+        text = Path(args.spec).read_text()
+    except OSError as error:
+        raise SpecError(f"cannot read spec {args.spec}: {error.strerror}") from None
+    spec = load_spec(text, args.set or [])
+    modes = tuple(args.modes.split(",")) if args.modes else MODES
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SpecError(f"--modes: unknown mode(s) {', '.join(unknown)} (choose from {', '.join(MODES)})")
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    base = args.run_id or base_run_id(spec)
+    results = compare(spec, args.store, base, args.device, modes, progress=log if not args.quiet else lambda line: None)
+    if args.json:
+        print(json_lines(results))
+    else:
+        title = (f"{spec.name}: K={spec.generations}, Ks={spec.sgd.epochs}, µ={spec.population.mu}, "
+                 f"λ={spec.population.offspring}, m={spec.population.m}, seed {spec.seed}")
+        print(table(results, title))
+    for path in plots(results, Path(args.out or f"esgd-compare-{base}"), spec.name):
+        log(str(path))
+    return 0
