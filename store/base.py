@@ -7,9 +7,11 @@ one record wins and the other attempt's objects are never referenced.
 """
 
 import hashlib
+import io
 import json
 import uuid
 from abc import ABC, abstractmethod
+from typing import BinaryIO, Iterable
 
 
 class StoreError(Exception):
@@ -76,6 +78,20 @@ class Store(ABC):
         self.put(key, data)
         return {"checkpoint": key, "sha256": sha256(data), "size": len(data)}
 
+    def open_read(self, key: str) -> BinaryIO:
+        """A readable binary stream of the object (NotFound if absent). Backends stream it; this
+        default reads the whole object."""
+        return io.BytesIO(self.get(key))
+
+    def put_stream(self, key: str, pieces: Iterable[bytes]) -> dict:
+        """put_blob for an object given as byte pieces, in order. Backends stream it (memory: a few
+        pieces or transfer parts); this default joins the pieces."""
+        return self.put_blob(key, b"".join(pieces))
+
+    def open_verified(self, ref: dict) -> "VerifiedReader":
+        """A stream of a blob through its reference; size and checksum are checked as it is read."""
+        return VerifiedReader(self.open_read(ref["checkpoint"]), ref)
+
     def get_verified(self, ref: dict) -> bytes:
         """Read a blob through its reference, checking size and checksum."""
         key = ref["checkpoint"]
@@ -83,3 +99,60 @@ class Store(ABC):
         if len(data) != ref["size"] or sha256(data) != ref["sha256"]:
             raise IntegrityError(f"checksum mismatch for {key}: the object is truncated or altered")
         return data
+
+
+class VerifiedReader:
+    """A forward-only reader of a blob that counts and hashes what passes through. read(n) returns
+    n bytes unless the blob ends; a blob that ends early or runs past its recorded size raises
+    IntegrityError at once, and finish() (read to the end, compare the checksum) must be called
+    before anything made from the bytes is committed."""
+
+    def __init__(self, raw: BinaryIO, ref: dict):
+        self._raw, self.key, self._size, self._sha = raw, ref["checkpoint"], ref["size"], ref["sha256"]
+        self._hash, self._pos = hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._pos
+
+    @property
+    def closed(self) -> bool:
+        return self._raw.closed
+
+    def read(self, n: int = -1) -> bytes:
+        want = self._size - self._pos if n is None or n < 0 else n
+        parts, have = [], 0
+        while have < want:
+            piece = self._raw.read(min(want - have, 1 << 24))
+            if not piece:
+                break
+            parts.append(piece)
+            have += len(piece)
+        data = b"".join(parts)
+        self._pos += len(data)
+        self._hash.update(data)
+        if self._pos > self._size:
+            raise IntegrityError(f"checksum mismatch for {self.key}: the object is longer than its recorded size")
+        if len(data) < want and self._pos < self._size:
+            raise IntegrityError(f"checksum mismatch for {self.key}: the object is truncated ({self._pos} of {self._size} B)")
+        return data
+
+    def finish(self) -> None:
+        """Read what is left and check size and checksum; IntegrityError names the key."""
+        self.read(self._size - self._pos)
+        if self._raw.read(1) or self._hash.hexdigest() != self._sha:
+            raise IntegrityError(f"checksum mismatch for {self.key}: the object is truncated or altered")
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> "VerifiedReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -78,14 +78,59 @@ def encode_chunks(layout: Layout, chunks: Iterator[np.ndarray]) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+class _Pieces:
+    """A write-only file that keeps what is written until it is drained."""
+
+    closed = False
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+        self.position = 0
+
+    def write(self, data) -> int:
+        self.parts.append(bytes(data))
+        self.position += len(self.parts[-1])
+        return len(self.parts[-1])
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        pass
+
+    def drain(self) -> bytes:
+        out, self.parts = b"".join(self.parts), []
+        return out
+
+
+def encode_stream(layout: Layout, chunks: Iterator[np.ndarray]) -> Iterator[bytes]:
+    """encode_chunks as byte pieces, one record batch at a time: the same bytes, never all in memory."""
+    sink = _Pieces()
+    with pa.ipc.new_stream(sink, _schema(layout)) as writer:
+        for chunk in chunks:
+            for start in range(0, len(chunk), CHUNK):
+                writer.write_batch(pa.record_batch([pa.array(chunk[start : start + CHUNK])], names=["values"]))
+                yield sink.drain()
+    yield sink.drain()
+
+
+def read_stream(source) -> tuple[Layout, Iterator[np.ndarray]]:
+    """Layout and vector chunks of a checkpoint read from a binary file object (e.g. a
+    Store.open_verified stream), one record batch at a time: memory holds a chunk, not the checkpoint."""
+    reader = _open(source)
+    layout = Layout.from_json(reader.schema.metadata[b"esgd.layout"])
+    return layout, (batch.column(0).to_numpy(zero_copy_only=True) for batch in reader)
+
+
 def encode(layout: Layout, vector: np.ndarray) -> bytes:
     if len(vector) != layout.numel:
         raise ValueError(f"vector has {len(vector)} values, layout {layout.numel}")
     return encode_chunks(layout, iter([np.ascontiguousarray(vector, dtype=layout.vector_dtype)]))
 
 
-def _open(data: bytes) -> pa.ipc.RecordBatchStreamReader:
-    reader = pa.ipc.open_stream(pa.BufferReader(data))
+def _open(data) -> pa.ipc.RecordBatchStreamReader:
+    """A reader over checkpoint bytes or a readable binary file object."""
+    reader = pa.ipc.open_stream(pa.BufferReader(data) if isinstance(data, (bytes, bytearray, memoryview)) else data)
     if (reader.schema.metadata or {}).get(b"esgd.format") != FORMAT:
         raise ValueError("not an ESGD checkpoint (format marker missing)")
     return reader

@@ -13,33 +13,78 @@ import numpy as np
 
 from esgd.core.rng import generator
 from esgd.store import checkpoint
+from esgd.store.base import IntegrityError
 from esgd.store.checkpoint import Layout
 
 
-def recombine_chunks(parents: list[bytes], sigma: float, noise_seed: tuple) -> tuple[Layout, Iterator[np.ndarray]]:
-    """Stream the offspring's vector. `parents` are checkpoints, fittest first, of one layout;
+def recombine_chunks(parents: list, sigma: float, noise_seed: tuple) -> tuple[Layout, Iterator[np.ndarray]]:
+    """Stream the offspring's vector. `parents` are checkpoints (bytes or readable binary streams),
+    fittest first, of one layout;
     memory holds one chunk per parent at a time. The noise of chunk i comes from its own generator
     (noise_seed + ("mutation", i)), so it does not depend on how many chunks are read at once."""
-    layouts = [checkpoint.read_layout(p) for p in parents]
+    opened = [checkpoint.read_stream(p) if hasattr(p, "read") else (checkpoint.read_layout(p), checkpoint.iter_chunks(p))
+              for p in parents]
+    layouts = [layout for layout, _ in opened]
     layout = layouts[0]
     if any(not layout.same_shape(other) for other in layouts[1:]):
         raise ValueError("parents have different architectures")
     out_layout = Layout(layout.entries, layouts[0].ints, layout.vector_dtype)
-    mask = layout.param_mask()
 
     def chunks() -> Iterator[np.ndarray]:
         start = 0
-        for index, pieces in enumerate(zip(*(checkpoint.iter_chunks(p) for p in parents))):
+        for index, pieces in enumerate(zip(*(parent_chunks for _, parent_chunks in opened))):
             mean = np.mean(np.stack([piece.astype(np.float64) for piece in pieces]), axis=0)
             if sigma > 0:
                 noise = generator(*noise_seed, "mutation", index).standard_normal(len(mean))
-                mean += sigma * noise * mask[start : start + len(mean)]
+                mean += sigma * noise * _param_mask(layout, start, start + len(mean))
             start += len(mean)
             yield mean.astype(layout.vector_dtype)
 
     return out_layout, chunks()
 
 
+def _param_mask(layout: Layout, start: int, stop: int) -> np.ndarray:
+    """layout.param_mask()[start:stop], without a mask as long as the whole model."""
+    mask = np.zeros(stop - start, dtype=bool)
+    for e in layout.entries:
+        lo, hi = max(e.offset, start), min(e.offset + e.numel, stop)
+        if e.kind == "param" and lo < hi:
+            mask[lo - start : hi - start] = True
+    return mask
+
+
 def recombine(parents: list[bytes], sigma: float, noise_seed: tuple) -> bytes:
     layout, chunks = recombine_chunks(parents, sigma, noise_seed)
     return checkpoint.encode_chunks(layout, chunks)
+
+
+def recombine_stream(store, parents: list[dict], sigma: float, noise_seed: tuple) -> Iterator[bytes]:
+    """The offspring's checkpoint as byte pieces (for Store.put_stream), its parents (checkpoint
+    references, fittest first) read as streams: memory holds a few chunks per parent, never a whole
+    model. Every parent's size and checksum are checked before the last piece is handed out, so an
+    offspring of a truncated or altered parent is never completed (IntegrityError names the key)."""
+    streams = [store.open_verified(p) for p in parents]
+    try:
+        try:
+            layout, chunks = recombine_chunks(streams, sigma, noise_seed)
+
+            def checked() -> Iterator[np.ndarray]:
+                yield from chunks
+                for stream in streams:
+                    stream.finish()
+
+            yield from checkpoint.encode_stream(layout, checked())
+        except IntegrityError:
+            raise
+        except Exception:  # unreadable bytes: a failed checksum is the better explanation
+            for stream in streams:
+                try:
+                    stream.finish()
+                except IntegrityError:
+                    raise
+                except Exception:  # noqa: BLE001 - keep the original error
+                    pass
+            raise
+    finally:
+        for stream in streams:
+            stream.close()

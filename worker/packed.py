@@ -1,12 +1,14 @@
 """Packed training: k individuals of one architecture trained at once on one device.
 
-The k models are stacked (torch.func.stack_module_state) and run with vmap over functional_call,
-so one kernel launch serves all k. Each individual keeps its own optimizer family and
-hyper-parameters (per-individual tensors; the update formulas are torch.optim's), its own data
-order, its own back-off coins and decisions: packing does not change the algorithm, only how
-many kernels it takes. BatchNorm: running statistics are stacked buffers updated in place under
-vmap, per individual, exactly as in an unpacked model. Individuals in one pack share a batch
-size (steps are in lockstep); the caller groups them.
+The k models' parameters live in one [k, P] matrix (one row per individual) and their buffers in
+stacked [k, ...] tensors; the forward pass is vmap over functional_call on views of that matrix,
+so one kernel launch serves all k, and the optimizer updates all parameters of all individuals in
+a handful of kernels. Each individual keeps its own optimizer family and hyper-parameters (a
+column of per-individual coefficients; the update formulas are torch.optim's), its own data
+order, its own back-off coins and decisions: packing changes how many kernels a step takes, not
+the algorithm. BatchNorm: running statistics are stacked buffers that vmap updates in place, per
+individual, exactly as in an unpacked model. Individuals in one pack share a batch size (their
+steps are in lockstep); the caller groups them.
 """
 
 import copy
@@ -23,101 +25,107 @@ RMSPROP_ALPHA, EPS, ADAM_EPS = 0.99, 1e-8, 1e-8
 
 
 class Pack:
-    """k models as stacked parameter and buffer tensors, sharing one stateless module."""
+    """k models as one parameter matrix plus stacked buffers, sharing one stateless module."""
 
     def __init__(self, models: list[torch.nn.Module]):
         self.k = len(models)
         self.base = copy.deepcopy(models[0]).to("meta")
-        self.params, self.buffers = stack_module_state(models)
+        params, self.buffers = stack_module_state(models)
+        dtypes = {p.dtype for p in params.values()}
+        if len(dtypes) != 1:
+            raise ValueError(f"packing needs one parameter dtype, found {sorted(map(str, dtypes))}")
+        self.shapes = {name: p.shape[1:] for name, p in params.items()}
+        self.flat = torch.cat([p.detach().reshape(self.k, -1) for p in params.values()], dim=1).requires_grad_()
         self.persistent = set(models[0].state_dict())  # non-persistent buffers stay out of checkpoints
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """Views of the parameter matrix, shaped like each stacked parameter."""
+        out, offset = {}, 0
+        for name, shape in self.shapes.items():
+            n = math.prod(shape)
+            out[name] = self.flat[:, offset : offset + n].reshape(self.k, *shape)
+            offset += n
+        return out
 
     def _call(self, params, buffers, x):
         return functional_call(self.base, (params, buffers), (x,))
 
     def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
         """x: [k, B, ...] (one batch per individual), or [B, ...] shared by all when `shared`."""
-        return vmap(self._call, in_dims=(0, 0, None if shared else 0), randomness="different")(self.params, self.buffers, x)
+        return vmap(self._call, in_dims=(0, 0, None if shared else 0), randomness="different")(self.params(), self.buffers, x)
 
     def state_dict(self, i: int) -> dict:
-        return {name: t[i].detach() for name, t in {**self.params, **self.buffers}.items() if name in self.persistent}
+        tensors = {**self.params(), **self.buffers}
+        return {name: t[i].detach() for name, t in tensors.items() if name in self.persistent}
 
     def tensors(self) -> list[torch.Tensor]:
-        return list(self.params.values()) + list(self.buffers.values())
+        return [self.flat] + list(self.buffers.values())
 
 
-def _per(values: list[float], device, dtype=torch.float64) -> torch.Tensor:
-    return torch.tensor(values, device=device, dtype=dtype)
-
-
-def _b(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Broadcast a per-individual [k] tensor against a stacked [k, ...] tensor."""
-    v = v if v.dtype == torch.bool else v.to(like.dtype)
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
+def _column(values: list, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """Per-individual values as a [k, 1] column that broadcasts against the [k, P] matrix."""
+    return torch.tensor(values, device=like.device, dtype=dtype or like.dtype).reshape(-1, 1)
 
 
 class PackedOptimizer:
-    """SGD (plain and Nesterov), Adam, AdamW and RMSprop with per-individual hyper-parameters.
+    """SGD (plain and Nesterov), Adam, AdamW and RMSprop with per-individual hyper-parameters,
+    on the [k, P] parameter matrix. The update formulas are torch.optim's (no dampening, no
+    amsgrad, RMSprop alpha 0.99). Each family updates only its own rows (all rows at once when
+    the pack has one family)."""
 
-    The update formulas are torch.optim's (no dampening, no amsgrad, RMSprop alpha 0.99). Each
-    family updates only its own individuals (all of them at once when the pack has one family).
-    """
-
-    def __init__(self, params: dict[str, torch.Tensor], hps: list[dict]):
-        device = next(iter(params.values())).device
-        self.params = list(params.values())
+    def __init__(self, flat: torch.Tensor, hps: list[dict]):
+        self.flat = flat
         family = [hp["optimizer"] for hp in hps]
-        self.hp = {
-            name: _per([hp[name] for hp in hps], device) for name in ("lr", "momentum", "weight_decay", "beta1", "beta2")
-        }
-        self.hp["nesterov"] = _per([f == "nesterov" and hp["momentum"] > 0 for f, hp in zip(family, hps)], device, torch.bool)
-        self.step_count = torch.zeros(len(hps), device=device, dtype=torch.float64)
-        self.adam_like = _per([float(f in ("adam", "adamw")) for f in family], device)
-        self.groups = {  # family -> indices of its individuals (None: every individual)
-            f: None if len(set(family)) == 1 else torch.tensor([i for i, x in enumerate(family) if x == f], device=device)
+        self.hp = {name: _column([hp[name] for hp in hps], flat) for name in ("lr", "momentum", "weight_decay", "beta1", "beta2")}
+        self.hp["nesterov"] = _column([f == "nesterov" and hp["momentum"] > 0 for f, hp in zip(family, hps)], flat, torch.bool)
+        self.hp["step"] = torch.zeros_like(self.hp["lr"])
+        self.adam_like = _column([float(f in ("adam", "adamw")) for f in family], flat)
+        self.groups = {  # family -> its rows (None: every row)
+            f: None if len(set(family)) == 1 else torch.tensor([i for i, x in enumerate(family) if x == f], device=flat.device)
             for f in dict.fromkeys(family)
         }
-        self.state = [{"buf": torch.zeros_like(p), "m": torch.zeros_like(p), "v": torch.zeros_like(p)} for p in self.params]
+        self.state = {"buf": torch.zeros_like(flat), "m": torch.zeros_like(flat), "v": torch.zeros_like(flat)}
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.step_count] + [t for s in self.state for t in s.values()]
+        return [self.hp["step"], *self.state.values()]
 
     @torch.no_grad()
-    def step(self, grads: list[torch.Tensor]) -> None:
-        self.step_count += self.adam_like  # Adam's bias correction counts its own steps
-        for family, idx in self.groups.items():
-            hp = {k: v if idx is None else v[idx] for k, v in self.hp.items()}
-            hp["step"] = self.step_count if idx is None else self.step_count[idx]
-            for p, g, s in zip(self.params, grads, self.state):
-                if idx is None:
-                    p.copy_(_update(family, p, g, s, hp))
-                else:
-                    sub = {k: v[idx] for k, v in s.items()}
-                    p[idx] = _update(family, p[idx], g[idx], sub, hp)
-                    for k, v in sub.items():
-                        s[k][idx] = v
+    def step(self, grad: torch.Tensor) -> None:
+        self.hp["step"] += self.adam_like  # Adam's bias correction counts its own steps
+        p = self.flat.detach()
+        for family, rows in self.groups.items():
+            if rows is None:
+                p.copy_(_update(family, p, grad, self.state, self.hp))
+            else:
+                state = {k: v[rows] for k, v in self.state.items()}
+                p[rows] = _update(family, p[rows], grad[rows], state, {k: v[rows] for k, v in self.hp.items()})
+                for k, v in state.items():
+                    self.state[k][rows] = v
 
 
 def _update(family: str, p: torch.Tensor, g: torch.Tensor, s: dict, hp: dict) -> torch.Tensor:
-    """The new parameters of one family's individuals; updates their state `s` in place."""
-    lr, mom, wd = _b(hp["lr"], p), _b(hp["momentum"], p), _b(hp["weight_decay"], p)
+    """New parameter rows of one family; updates their optimizer state `s` in place."""
+    lr, mom, wd = hp["lr"], hp["momentum"], hp["weight_decay"]
     if family in ("sgd", "nesterov"):
-        g = g + wd * p
+        g = torch.addcmul(g, wd, p)
         s["buf"].mul_(mom).add_(g)
-        return p - lr * torch.where(_b(hp["nesterov"], p), g + mom * s["buf"], s["buf"])
+        direction = torch.where(hp["nesterov"], torch.addcmul(g, mom, s["buf"]), s["buf"]) if family == "nesterov" else s["buf"]
+        return torch.addcmul(p, lr, direction, value=-1)
     if family in ("adam", "adamw"):
-        b1, b2, step = _b(hp["beta1"], p), _b(hp["beta2"], p), _b(hp["step"], p)
+        b1, b2, step = hp["beta1"], hp["beta2"], hp["step"]
         if family == "adamw":
             p = p * (1 - lr * wd)
         else:
-            g = g + wd * p
-        s["m"].mul_(b1).add_((1 - b1) * g)
-        s["v"].mul_(b2).add_((1 - b2) * g * g)
-        return p - (lr / (1 - b1**step)) * s["m"] / (s["v"].sqrt() / (1 - b2**step).sqrt() + ADAM_EPS)
+            g = torch.addcmul(g, wd, p)
+        s["m"].mul_(b1).addcmul_(1 - b1, g)
+        s["v"].mul_(b2).addcmul_(1 - b2, g * g)
+        denom = s["v"].sqrt().div_((1 - b2**step).sqrt()).add_(ADAM_EPS)
+        return p - (lr / (1 - b1**step)) * s["m"] / denom
     if family == "rmsprop":
-        g = g + wd * p
-        s["v"].mul_(RMSPROP_ALPHA).add_((1 - RMSPROP_ALPHA) * g * g)
+        g = torch.addcmul(g, wd, p)
+        s["v"].mul_(RMSPROP_ALPHA).addcmul_(g, g, value=1 - RMSPROP_ALPHA)
         s["buf"].mul_(mom).add_(g / (s["v"].sqrt() + EPS))
-        return p - lr * s["buf"]
+        return torch.addcmul(p, lr, s["buf"], value=-1)
     raise ValueError(f"unknown optimizer {family!r}")
 
 
@@ -154,7 +162,7 @@ def train_pack(
     if any(hp["batch_size"] != batch_size for hp in hps):
         raise ValueError("a pack needs one batch size")
     pack = Pack(models)
-    optimizer = PackedOptimizer(pack.params, hps)
+    optimizer = PackedOptimizer(pack.flat, hps)
     inputs, targets = train_data
     device = inputs.device
     coins = [generator(*seed, "backoff") for seed in seeds]
@@ -172,8 +180,8 @@ def train_pack(
                 index = orders[:, start : start + batch_size]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     losses = vmap(task.loss)(pack.forward(inputs[index]), targets[index])
-                grads = torch.autograd.grad(losses.float().sum(), list(pack.params.values()))
-                optimizer.step(list(grads))
+                (grad,) = torch.autograd.grad(losses.float().sum(), [pack.flat])
+                optimizer.step(grad)
         values = pack_fitness(pack, task, fitness_data)
         back = []
         for i, (value, coin, result) in enumerate(zip(values, coins, results)):
@@ -188,11 +196,10 @@ def train_pack(
                 result.fitness = value
             result.epoch_fitness.append(result.fitness)
         if back:
-            mask = torch.zeros(pack.k, dtype=torch.bool, device=device)
-            mask[back] = True
+            rows = torch.tensor(back, device=device)
             with torch.no_grad():
                 for tensor, old in zip(pack.tensors() + optimizer.tensors(), saved):
-                    tensor.copy_(torch.where(_b(mask, tensor), old, tensor))
+                    tensor[rows] = old[rows]
     for i, model in enumerate(models):
         model.load_state_dict(pack.state_dict(i))
     return results

@@ -50,13 +50,16 @@ class Run:
         return tuple(t.to(self.device) for t in self.task.fitness)
 
     def pack_size(self, pending: int) -> int:
-        """Individuals per pack: the spec's number, or auto (all pending, at most 64, and on a GPU
-        as many as 80 % of its free memory holds); 1 when the model cannot be packed (vmap does
-        not support every module)."""
+        """Individuals per pack: the spec's number, or auto (all pending, at most 64; on a GPU as
+        many as 80 % of its free memory holds; on the CPU 1 for convolutional models, whose
+        vmapped convolutions run slower than a loop there: bench/packing.py); 1 when the model
+        cannot be packed (vmap does not support every module)."""
         size = self.spec.pack.size
         if size == "auto":
             size = min(max(pending, 1), MAX_AUTO_PACK)
-            if self.device.type == "cuda":
+            if self.device.type == "cpu" and any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in self.new_model().modules()):
+                size = 1
+            elif self.device.type == "cuda":
                 free, _ = torch.cuda.mem_get_info(self.device)
                 size = max(1, min(size, int(0.8 * free / self.memory_per_individual)))
         return size if size == 1 or self.packable else 1
