@@ -6,8 +6,8 @@ times, with the same model, data (already on the device) and batch size:
   - packed k:   esgd.worker.packed.train_pack with k individuals (k in --ks), one epoch each,
                 including its per-epoch fitness evaluation and back-off bookkeeping;
 and prints seconds per individual-epoch and the speed-up over the sequential loop. An epoch is
---epoch-examples examples (default: 50,000 for ResNet-20 as CIFAR-10, 1,257 for the MLP as the
-bundled digits task); each measurement runs --steps steps and scales to the epoch.
+50,000 examples for ResNet-20 (CIFAR-10) and 1,257 for the MLPs (the bundled digits task); each
+measurement runs a few steps and scales to the epoch.
 Then it runs whole local generations of the bundled task and prints the share of time spent
 outside training and fitness evaluation.
 
@@ -30,7 +30,8 @@ from esgd.worker.tasks.resnet import resnet
 
 MODELS = {
     # name: (factory, input shape, classes, batch size, examples per epoch)
-    "mlp": (lambda: mlp(64, 128, 2, 10), (64,), 10, 64, 1257),
+    "mlp": (lambda: mlp(64, 32, 2, 10), (64,), 10, 64, 1257),  # the bundled digits task's MLP
+    "mlp-wide": (lambda: mlp(64, 128, 2, 10), (64,), 10, 64, 1257),  # 4x wider: compute starts to dominate
     "resnet20": (lambda: resnet(20), (3, 32, 32), 10, 128, 50000),
 }
 
@@ -124,7 +125,7 @@ def generation_share(device: str, generations: int) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", default="auto", help="cpu, cuda or auto (cpu, plus cuda when present)")
-    p.add_argument("--models", default="mlp,resnet20")
+    p.add_argument("--models", default="mlp,mlp-wide,resnet20")
     p.add_argument("--ks", default="1,8,32,64")
     p.add_argument("--steps", type=int, help="steps per measurement (default: 20 mlp / 5 resnet20 on cpu; 30 on cuda)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for packed training (CUDA)")
