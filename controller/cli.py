@@ -5,10 +5,10 @@ import json
 import sys
 from pathlib import Path
 
+from esgd.core.errors import InputError
 from esgd.core.spec import RunSpec, SpecError, dump_spec, json_schema, load_spec
 from esgd.store.base import StoreError
 from esgd.store.uri import open_run, open_store, run_uri
-from esgd.worker.task import TaskError
 
 
 def read_spec(path: str, overrides: list[str] | None) -> RunSpec:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (SpecError, TaskError, StoreError) as error:
+    except (InputError, StoreError) as error:
         print(f"esgd: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

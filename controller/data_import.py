@@ -30,10 +30,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from esgd.core.errors import InputError
 from esgd.worker.tasks import dataset
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A source that cannot be imported; the message names the file and what is wrong."""
 
 

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from esgd.core import keys
+from esgd.core.errors import InputError
 from esgd.core.manifest import HISTORY, SCHEMA_KEY, from_parquet
 from esgd.core.spec import load_spec
 from esgd.store.base import NotFound, Store, StoreError
@@ -46,7 +47,7 @@ LINEAGE = pa.schema(
 )
 
 
-class LineageError(ValueError):
+class LineageError(InputError):
     """An unknown member or an unreadable run."""
 
 

@@ -6,22 +6,6 @@ import sys
 from pathlib import Path
 
 
-def _one_line_errors(handler):
-    """Bad input of these commands: one line naming what is wrong, exit code 2."""
-
-    def run(args) -> int:
-        from esgd.controller.data_import import DataError
-        from esgd.controller.lineage import LineageError
-
-        try:
-            return handler(args)
-        except (DataError, LineageError) as error:
-            print(f"esgd: error: {error}", file=sys.stderr)
-            return 2
-
-    return run
-
-
 def _data_import(args) -> int:
     from esgd.controller.data_import import run_import
 
@@ -85,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("path", help="the source: cifar-10-python.tar.gz or its folder; a folder with train/valid frames; PTB text folder")
     imp.add_argument("--store", help="store URI (default ./esgd-runs or $ESGD_STORE): local path or s3://bucket/prefix")
     imp.add_argument("--name", help="dataset name under <store>/data/ (default: the kind)")
-    imp.set_defaults(handler=_one_line_errors(_data_import))
+    imp.set_defaults(handler=_data_import)
 
     cmp = sub.add_parser("compare", help="run single, population, no-evolution and esgd with the same spec; print Table 1")
     cmp.add_argument("spec", help="run spec (YAML); its mode is replaced by each of the four")
@@ -105,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lin.add_argument("--dot", metavar="FILE", help="write the genealogy as GraphViz DOT")
     lin.add_argument("--parquet", metavar="FILE", help="write the ancestry's history rows (plus on_line) as Parquet")
     lin.add_argument("--json", action="store_true", help="print the lineage as one JSON object")
-    lin.set_defaults(handler=_one_line_errors(_lineage))
+    lin.set_defaults(handler=_lineage)
 
     rep = sub.add_parser("replay", help="re-train one model by an individual's optimizer schedule, without evolution")
     rep.add_argument("run", help="run URI, as printed by `esgd run`")
@@ -113,4 +97,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--device", help="torch device (default: the spec's device)")
     rep.add_argument("--out", metavar="FILE", help="write the replayed model as an ESGD checkpoint (Arrow IPC)")
     rep.add_argument("--json", action="store_true", help="print the steps as one JSON object")
-    rep.set_defaults(handler=_one_line_errors(_replay))
+    rep.set_defaults(handler=_replay)

@@ -9,11 +9,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from esgd.core.errors import InputError
+
 Mode = Literal["esgd", "population", "no-evolution", "single"]
 OptimizerName = Literal["sgd", "nesterov", "adam", "adamw", "rmsprop"]
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """Bad input in a run spec; the message names the field."""
 
 

@@ -4,10 +4,13 @@ import copy
 
 import yaml
 
+from esgd.controller.cli import main
+from esgd.controller.runs import create_or_resume
 from esgd.core import keys
 from esgd.core.manifest import HISTORY, from_parquet
 from esgd.core.spec import parse_spec
-from esgd.store.uri import open_run
+from esgd.store.uri import open_run, open_store
+from esgd.worker.run import Run
 
 TINY = {
     "name": "tiny",
@@ -40,3 +43,18 @@ def write_spec(path, data: dict) -> str:
 def history(run_uri: str) -> list[dict]:
     store, run_id = open_run(run_uri)
     return from_parquet(store.get(keys.history(run_id)), HISTORY)
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """`esgd ARGS` in this process: (exit code, stdout stripped, stderr)."""
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out.strip(), err
+
+
+def start(store_uri: str, data: dict, run_id: str) -> Run:
+    """A created (not yet executed) run of `data` on the CPU."""
+    store = open_store(store_uri)
+    spec = parse_spec(data)
+    create_or_resume(store, spec, run_id)
+    return Run(store, run_id, spec, "cpu")

@@ -6,31 +6,15 @@ import sys
 
 import pytest
 
-from esgd.controller.cli import main
 from esgd.controller.local import execute, local_devices, split
-from esgd.controller.runs import create_or_resume
 from esgd.core import keys
 from esgd.core.metrics import summarize
 from esgd.core.plan import Step, final_stages, generation_stages
-from esgd.core.spec import parse_spec
 from esgd.store.uri import open_store, run_uri
 from esgd.worker.cli import run_step
 from esgd.worker.run import Run
 
-from helpers import history, tiny, write_spec
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out.strip(), err
-
-
-def start(store_uri: str, data: dict, run_id: str) -> Run:
-    store = open_store(store_uri)
-    spec = parse_spec(data)
-    create_or_resume(store, spec, run_id)
-    return Run(store, run_id, spec, "cpu")
+from helpers import history, run_cli, start, tiny, write_spec
 
 
 def all_steps(spec, pack: int, shard: int = 2) -> list[Step]:

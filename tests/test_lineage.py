@@ -11,36 +11,25 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from esgd.controller.cli import main
 from esgd.controller.lineage import lineage, read_history, replay
 from esgd.controller.local import execute
-from esgd.controller.runs import create_or_resume
 from esgd.core import keys
-from esgd.core.spec import parse_spec
 from esgd.store import checkpoint
 from esgd.store.uri import open_store
 from esgd.worker.run import Run
 from esgd.worker.train import fitness
 from esgd.worker.weights import load_into
 
-from helpers import history, tiny, write_spec
+from helpers import history, run_cli as cli, start as created, tiny, write_spec
 
 HP = ("optimizer", "lr", "momentum", "weight_decay", "beta1", "beta2", "batch_size")
 ONE_AT_A_TIME = {"pack": {"size": 1}}
 ESGD = tiny(generations=4, seed=24, finetune={"epochs": 1}, **ONE_AT_A_TIME)
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out.strip(), err
-
-
 def start(store_uri: str, data: dict, run_id: str) -> Run:
-    store = open_store(store_uri)
-    spec = parse_spec(data)
-    create_or_resume(store, spec, run_id)
-    run = Run(store, run_id, spec, "cpu")
+    """A run, executed to the end."""
+    run = created(store_uri, data, run_id)
     execute(run, progress=lambda line: None)
     return run
 

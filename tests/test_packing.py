@@ -12,8 +12,7 @@ from esgd.worker.task import Task
 from esgd.worker.tasks.mlp import mlp
 from esgd.worker.train import fitness, train
 
-from helpers import history
-from test_engine import start
+from helpers import history, start
 
 FAMILIES = ["sgd", "nesterov", "adam", "adamw", "rmsprop"]
 

@@ -8,11 +8,9 @@ import argparse
 import sys
 
 from esgd.core.plan import parse_range
-from esgd.core.spec import SpecError
 from esgd.store.base import StoreError
 from esgd.worker import steps
 from esgd.worker.run import Run
-from esgd.worker.task import TaskError
 
 COMMANDS = ("init", "train", "evolve", "evaluate", "select", "finetune", "finish")
 
@@ -49,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         run_step(Run.open(args.run, args.device), args.command, args.gen, args.round, args.members, args.offspring)
-    except (SpecError, TaskError, StoreError, ValueError) as error:
+    except (StoreError, ValueError) as error:  # InputError is a ValueError
         print(f"esgd-worker: error: {error}", file=sys.stderr)
         return 2
     return 0

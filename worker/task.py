@@ -13,8 +13,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from esgd.core.errors import InputError
 
-class TaskError(ValueError):
+
+class TaskError(InputError):
     """A task that cannot be loaded: bad import path, bad arguments, missing data."""
 
 
