@@ -23,12 +23,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# ESGD and the population baseline on the bundled digits task, same spec and budget, then the report.
+# ESGD and the population baseline on the bundled digits task, same spec and budget: a progress
+# line per generation, the side-by-side table, plots of both, then the ESGD run's own report.
 demo: install
-	$(VENV)/bin/esgd run examples/digits.yaml --store $(STORE) --run-id demo-esgd
-	$(VENV)/bin/esgd run examples/digits.yaml --store $(STORE) --run-id demo-population --set mode=population
+	$(VENV)/bin/esgd compare examples/digits.yaml --store $(STORE) --run-id demo --modes population,esgd --out demo-out/compare
 	$(VENV)/bin/esgd report $(STORE)/runs/demo-esgd --out demo-out/esgd
-	$(VENV)/bin/esgd report $(STORE)/runs/demo-population --out demo-out/population
 
 test: install
 	$(PY) -m pytest -q
