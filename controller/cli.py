@@ -1,6 +1,7 @@
 """`esgd`: run, inspect and report ESGD runs."""
 
 import argparse
+import os
 import json
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def _run(args) -> int:
 
     spec = read_spec(args.spec, args.set)
     store = open_store(args.store)
-    run_id, resumed = create_or_resume(store, spec, args.run_id)
+    run_id, resumed = create_or_resume(store, spec, args.run_id, args.device)
     uri = run_uri(store, run_id)
     print(f"{'resuming' if resumed else 'starting'} {uri} (mode {spec.mode}, µ={spec.mu}, K={spec.generations})", file=sys.stderr)
     execute(Run(store, run_id, spec, args.device), progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -107,3 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("esgd: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def entry() -> None:
+    """The console script: main(), then exit without interpreter teardown. Everything is flushed
+    and committed by then; skipping teardown avoids a native library's thread pool aborting at exit
+    ("terminate called without an active exception", seen about once in a hundred worker runs),
+    which would turn a finished step into a failed one."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

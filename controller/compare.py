@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from esgd.core.metrics import finite
 from esgd.core.spec import RunSpec, parse_spec
 
 MODES = ("single", "population", "no-evolution", "esgd")
@@ -47,7 +48,7 @@ def compare(spec: RunSpec, store_uri: str | None, base: str | None = None, devic
     results = []
     for mode in modes:
         mode_spec = with_mode(spec, mode)
-        run_id, resumed = create_or_resume(store, mode_spec, f"{base}-{mode}")
+        run_id, resumed = create_or_resume(store, mode_spec, f"{base}-{mode}", device)
         progress(f"{'resuming' if resumed else 'starting'} {mode}: {run_uri(store, run_id)} "
                  f"(µ={mode_spec.mu}, K={mode_spec.generations})")
         began = time.perf_counter()
@@ -89,7 +90,7 @@ def table(results: list[dict], title: str) -> str:
 
 def json_lines(results: list[dict]) -> str:
     keep = ("mode", "best", "top15", "metric_name", "metric", "run", "best_member", "epochs")
-    return "\n".join(json.dumps({**{k: r[k] for k in keep}, r["metric_name"]: r["metric"]}) for r in results)
+    return "\n".join(json.dumps(finite({**{k: r[k] for k in keep}, r["metric_name"]: r["metric"]}), allow_nan=False) for r in results)
 
 
 def plots(results: list[dict], out: Path, title: str) -> list[Path]:

@@ -23,7 +23,7 @@ from esgd.worker.run import Run
 
 
 def local_devices(run: Run) -> list[str]:
-    if run.spec.device == "auto" and torch.cuda.device_count() > 1:
+    if run.device_name == "auto" and torch.cuda.device_count() > 1:
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     return [str(run.device)]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from esgd.core import keys
 from esgd.core.manifest import HISTORY, from_parquet
-from esgd.core.metrics import summarize
+from esgd.core.metrics import finite, summarize
 from esgd.core.spec import load_spec
 from esgd.store.base import NotFound, Store, StoreError
 
@@ -25,7 +25,7 @@ def load(store: Store, run_id: str) -> tuple[list[dict], dict | None]:
 
 
 def json_lines(summaries: list[dict]) -> str:
-    return "\n".join(json.dumps(s) for s in summaries)
+    return "\n".join(json.dumps(finite(s), allow_nan=False) for s in summaries)
 
 
 def plots(summaries: list[dict], out: Path, title: str) -> list[Path]:

@@ -1,5 +1,6 @@
 """Per-generation numbers of a run, computed from its history rows (the paper's Fig. 1 and 2)."""
 
+import math
 from collections import defaultdict
 from statistics import fmean
 
@@ -32,6 +33,17 @@ def summarize(rows: list[dict], m: int) -> list[dict]:
             "backoffs": sum(r["backoffs"] or 0 for r in trained),
         })
     return out
+
+
+def finite(value):
+    """A JSON-safe copy: non-finite floats (a diverged individual's fitness) become None (null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def progress_line(summary: dict, generations: int, seconds: float) -> str:

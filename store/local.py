@@ -21,9 +21,10 @@ class LocalStore(Store):
     def _temp(self, path: Path, data: bytes) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        # Written whole, then renamed or linked into place: atomic for readers and against a
-        # killed process. No fsync: it would cost more than the training of a small model, and
-        # after an OS crash the checksums in the records catch a torn object.
+        # Written whole, then renamed or linked into place: atomic for readers and against a killed
+        # process. No fsync (it costs more than a small model's training): after an OS crash the
+        # newest objects may be torn, and the checksums in the records make the reading step fail
+        # naming the key instead of training on it.
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         return tmp
@@ -66,8 +67,6 @@ class LocalStore(Store):
                     handle.write(piece)
                     digest.update(piece)
                     size += len(piece)
-                handle.flush()
-                os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)

@@ -1,5 +1,7 @@
 """Bad input: one clear line naming what is wrong, exit code 2, nothing written."""
 
+import datetime
+
 import pytest
 
 from esgd.controller.cli import main
@@ -23,6 +25,10 @@ CASES = {
     "missing-data-file": ({"task": "esgd.worker.tasks.tabular:task", "task_args": {"path": "/nonexistent/data.parquet"}}, "/nonexistent/data.parquet"),
     "bad-task-args": ({"task_args": {"hiddn": 3}}, "hiddn"),
     "missing-init-checkpoint": ({"population": {"init": {"checkpoint": "/nonexistent/x.arrow"}}}, "population.init.checkpoint"),
+    "unknown-device": ({"device": "tpu"}, "device"),
+    "absent-gpu": ({"device": "cuda:3"}, "device: cuda:3"),
+    "task-arg-of-the-wrong-type": ({"task_args": {"hidden": "abc"}}, "task"),
+    "task-args-not-plain-values": ({"task_args": {"when": datetime.date(2024, 1, 1)}}, "task_args"),
 }
 
 
@@ -95,3 +101,22 @@ def test_worker_rejects_bad_ranges(store_uri, tmp_path, capsys):
     assert "--gen 5" in capsys.readouterr().err
     assert worker(["train", "--run", uri.strip(), "--gen", "0", "--members", "0..9"]) == 2
     assert "outside the population" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field", ["population.init.checkpoint", "reference.checkpoint"])
+@pytest.mark.parametrize("content", ["not-a-checkpoint", "another-architecture"])
+def test_checkpoints_that_do_not_fit_the_model(field, content, store_uri, tmp_path, capsys):
+    from esgd.store import checkpoint
+    from esgd.worker.tasks.mlp import mlp
+    from esgd.worker.weights import to_checkpoint
+
+    path = tmp_path / "model.arrow"
+    path.write_bytes(b"junk" * 100 if content == "not-a-checkpoint" else checkpoint.encode(*to_checkpoint(mlp(3, 3, 1, 2))))
+    extra = {"population": {"init": {"checkpoint": str(path)}}} if field.startswith("population") else {"reference": {"checkpoint": str(path)}}
+    spec_file = write_spec(tmp_path / "spec.yaml", tiny(**extra))
+    _assert_one_line_and_nothing_written(*_run(capsys, "run", spec_file, "--store", store_uri), field, store_uri)
+
+
+def test_bad_device_flag(store_uri, tmp_path, capsys):
+    spec_file = write_spec(tmp_path / "spec.yaml", tiny())
+    _assert_one_line_and_nothing_written(*_run(capsys, "run", spec_file, "--store", store_uri, "--device", "foo"), "device", store_uri)

@@ -91,3 +91,36 @@ def test_models_with_non_persistent_buffers_pack():
     hps = [{"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "batch_size": 50}] * 3
     results = train_pack(models, task, task.train, task.fitness, hps, 1, [9.0] * 3, 1.0, [(0, 0, f"m{i}") for i in range(3)])
     assert all(r.fitness < 9.0 for r in results) and "scale" not in models[0].state_dict()
+
+
+class _Tied(torch.nn.Module):
+    """Input and output layers sharing one weight, as in language models with tied embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(4, 4, bias=False, dtype=torch.float64)
+        self.b = torch.nn.Linear(4, 4, bias=False, dtype=torch.float64)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))[:, :2]
+
+
+def test_tied_weights_pack_and_mutate():
+    from esgd.store import checkpoint
+    from esgd.worker.evolve import recombine
+    from esgd.worker.weights import load_into, to_checkpoint
+
+    task = _task()
+    task.model = _Tied
+    g = torch.Generator().manual_seed(0)
+    task.train = (torch.randn(64, 4, generator=g, dtype=torch.float64), task.train[1][:64])
+    models = [_Tied() for _ in range(2)]
+    hps = [{"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "batch_size": 32}] * 2
+    train_pack(models, task, task.train, task.train, hps, 1, [9.0] * 2, 1.0, [(0, 0, "a"), (0, 0, "b")])
+    assert models[0].b.weight is models[0].a.weight  # still tied after the pack is unpacked
+    parents = [checkpoint.encode(*to_checkpoint(m)) for m in models]
+    child = _Tied()
+    load_into(child, *checkpoint.decode(recombine(parents, 0.5, (0, 0, "c"))))
+    mean = (models[0].a.weight + models[1].a.weight) / 2
+    assert (child.a.weight - mean).abs().max() > 0.1  # the mutation reached the shared weight

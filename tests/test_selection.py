@@ -61,3 +61,14 @@ def test_elitist_counts_and_bounds():
 
 def test_rank_is_stable_and_puts_nan_last():
     assert list(rank(np.array([0.2, np.nan, 0.1, 0.2]))) == [2, 0, 3, 1]
+
+
+def test_json_output_never_holds_infinity():
+    import json
+
+    from esgd.core.metrics import finite, summarize
+
+    rows = [{"generation": 0, "member": m, "role": "parent", "fitness": f, "selected": True, "elite": e,
+             "optimizer": "sgd", "backoffs": 0} for m, f, e in (("a", 0.5, True), ("b", float("inf"), False))]
+    line = json.dumps(finite(summarize(rows, 1)[0]), allow_nan=False)
+    assert json.loads(line)["mean"] is None and json.loads(line)["best"] == 0.5

@@ -1,5 +1,3 @@
-import sys
+from esgd.worker.cli import entry
 
-from esgd.worker.cli import main
-
-sys.exit(main())
+entry()

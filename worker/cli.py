@@ -5,8 +5,10 @@ URI, the generation, the round and member or offspring ranges (half-open, `a..b`
 """
 
 import argparse
+import os
 import sys
 
+from esgd.core.errors import InputError
 from esgd.core.plan import parse_range
 from esgd.store.base import StoreError
 from esgd.worker import steps
@@ -29,9 +31,9 @@ def parser() -> argparse.ArgumentParser:
 
 def run_step(run: Run, command: str, gen: int | None, rnd: int, members=None, offspring=None) -> None:
     if command in ("train", "evolve", "evaluate", "select") and gen is None:
-        raise ValueError(f"{command} needs --gen")
+        raise InputError(f"{command} needs --gen")
     if gen is not None and not 0 <= gen < run.spec.generations:
-        raise ValueError(f"--gen {gen} is outside 0..{run.spec.generations - 1}")
+        raise InputError(f"--gen {gen} is outside 0..{run.spec.generations - 1}")
     {
         "init": lambda: steps.init(run),
         "train": lambda: steps.train(run, gen, members),
@@ -47,7 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         run_step(Run.open(args.run, args.device), args.command, args.gen, args.round, args.members, args.offspring)
-    except (StoreError, ValueError) as error:  # InputError is a ValueError
+    except (InputError, StoreError) as error:
         print(f"esgd-worker: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def entry() -> None:
+    """The console script: main(), then exit without interpreter teardown. Everything is flushed
+    and committed by then; skipping teardown avoids a native library's thread pool aborting at exit
+    ("terminate called without an active exception", seen about once in a hundred worker runs),
+    which would turn a finished step into a failed one."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

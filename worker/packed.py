@@ -58,6 +58,17 @@ class Pack:
         tensors = {**self.params(), **self.buffers}
         return {name: t[i].detach() for name, t in tensors.items() if name in self.persistent}
 
+    def load_into(self, model: torch.nn.Module, i: int) -> None:
+        """Copy individual i into a model of the architecture. The pack holds each tensor once, so
+        a tied weight's second name is not in it: loading the first name sets it."""
+        ours = self.state_dict(i)
+        missing, unexpected = model.load_state_dict(ours, strict=False)
+        state = model.state_dict()
+        loaded = {state[name].data_ptr() for name in ours}
+        aliases = [name for name in missing if state[name].data_ptr() in loaded]
+        if unexpected or len(aliases) != len(missing):
+            raise ValueError(f"pack and model differ: missing {sorted(set(missing) - set(aliases))}, unexpected {unexpected}")
+
     def tensors(self) -> list[torch.Tensor]:
         return [self.flat] + list(self.buffers.values())
 
@@ -201,5 +212,5 @@ def train_pack(
                 for tensor, old in zip(pack.tensors() + optimizer.tensors(), saved):
                     tensor[rows] = old[rows]
     for i, model in enumerate(models):
-        model.load_state_dict(pack.state_dict(i))
+        pack.load_into(model, i)
     return results

@@ -6,6 +6,7 @@ from functools import cached_property
 import torch
 
 from esgd.core import keys
+from esgd.core.errors import InputError
 from esgd.core.spec import RunSpec, load_spec
 from esgd.store import checkpoint
 from esgd.store.base import Store
@@ -18,15 +19,25 @@ MAX_AUTO_PACK = 64
 
 
 def resolve_device(name: str | None) -> torch.device:
+    """auto: a GPU if any, else the CPU. Raises InputError for a device this machine lacks."""
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise InputError(f"device: {error}") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise InputError(f"device: {name} requested, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"device: {name} is not supported (use auto, cpu, cuda or cuda:N)")
+    return device
 
 
 class Run:
     def __init__(self, store: Store, run_id: str, spec: RunSpec, device: str | None = None):
         self.store, self.id, self.spec = store, run_id, spec
-        self.device = resolve_device(device or spec.device)
+        self.device_name = device or spec.device  # as asked: "auto" may mean every local GPU
+        self.device = resolve_device(self.device_name)
 
     @classmethod
     def open(cls, uri: str, device: str | None = None) -> "Run":
@@ -68,12 +79,13 @@ class Run:
     def memory_per_individual(self) -> int:
         """CUDA bytes one packed individual needs: one measured training step of one model at the
         largest batch size, plus optimizer state and the back-off snapshot (4 copies of the weights)."""
+        data = self.train_data  # on the device before measuring: shared by the pack, not per individual
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
         model = self.new_model()
         batch = max(self.spec.sgd.batch_size)
-        self.task.loss(model(self.train_data[0][:batch]), self.train_data[1][:batch]).backward()
+        self.task.loss(model(data[0][:batch]), data[1][:batch]).backward()
         peak = torch.cuda.max_memory_allocated(self.device) - before
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         return peak + 4 * weights
@@ -84,7 +96,9 @@ class Run:
 
         try:
             models = [self.new_model(), self.new_model()]
-            Pack(models).forward(torch.stack([self.train_data[0][:2]] * 2))
+            pack = Pack(models)
+            pack.forward(torch.stack([self.train_data[0][:2]] * 2))
+            pack.load_into(models[0], 1)
             return True
         except Exception as error:  # noqa: BLE001 - any failure means: train one at a time
             print(f"esgd: this model cannot be packed ({type(error).__name__}: {error}); training one at a time",

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from esgd.core import hparams, keys
+from esgd.core.errors import InputError
 from esgd.core.manifest import HISTORY, MANIFEST, concat, from_parquet, to_parquet
 from esgd.core.plan import pack_groups, rounds
 from esgd.core.rng import generator, int_seed
@@ -48,7 +49,7 @@ def _mark_elite(rows: list[dict], m: int) -> list[dict]:
 def _slots(rows: list[dict], members: tuple[int, int] | None) -> range:
     start, stop = members or (0, len(rows))
     if stop > len(rows):
-        raise ValueError(f"--members {start}..{stop} is outside the population (size {len(rows)})")
+        raise InputError(f"--members {start}..{stop} is outside the population (size {len(rows)})")
     return range(start, stop)
 
 
@@ -72,10 +73,9 @@ def _reference(run: Run) -> dict | None:
         return None
     key = keys.reference(run.id)
     if not run.store.exists(key):
-        data = read_uri(run.spec.reference.checkpoint)
         model = run.new_model()
-        load_into(model, *checkpoint.decode(data))
-        ref = run.store.put_blob(keys.reference_checkpoint(run.id, attempt_id()), data)
+        load_into(model, *checkpoint.decode(read_uri(run.spec.reference.checkpoint)))
+        ref = run.save_model(model, keys.reference_checkpoint(run.id, attempt_id()))  # re-encoded: our chunking
         run.store.commit_json(key, {"member": "reference", **ref, "fitness": fitness(model, run.task, run.fitness_data)})
     return run.store.get_json(key)
 
@@ -198,7 +198,7 @@ def evaluate(run: Run, generation: int, rnd: int, offspring: tuple[int, int] | N
     range, so a re-run after a partial commit computes the same values)."""
     start, stop = offspring or (0, run.spec.population.offspring)
     if stop > run.spec.population.offspring:
-        raise ValueError(f"--offspring {start}..{stop} is outside 0..{run.spec.population.offspring}")
+        raise InputError(f"--offspring {start}..{stop} is outside 0..{run.spec.population.offspring}")
     children = [keys.member_id(generation, rnd, index) for index in range(start, stop)]
     record_key = lambda child: keys.fitness_record(run.id, generation, rnd, child)  # noqa: E731
     for group in pack_groups([0] * len(children), run.pack_size(len(children))):
@@ -227,7 +227,7 @@ def _offspring(run: Run, generation: int, rnd: int) -> list[dict]:
         except NotFound:
             raise StoreError(f"offspring {child} is not evaluated yet: run evolve and evaluate first") from None
         out.append(dict(_row(dict(rec, fitness=fit["fitness"]), "offspring", generation, rec["parents"]), sigma=rec["sigma"]))
-    reference = _reference(run)
+    reference = _reference(run) if rnd == 0 else None  # once per generation, in its first round
     if reference is not None:
         out.append(dict(_row(reference, "reference", generation, []), member=keys.reference_id(generation, rnd), sigma=None))
     return out

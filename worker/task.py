@@ -54,8 +54,8 @@ def _load(path: str, args_json: str) -> Task:
         task = function(**json.loads(args_json))
     except FileNotFoundError as error:
         raise TaskError(f"task: data file not found: {error.filename or error}") from None
-    except TypeError as error:
-        raise TaskError(f"task_args do not fit {path}: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise TaskError(f"task {path} refused its task_args: {error}") from None
     if not isinstance(task, Task):
         raise TaskError(f"task: {path} returned {type(task).__name__}, expected esgd.worker.task.Task")
     return task
@@ -63,4 +63,8 @@ def _load(path: str, args_json: str) -> Task:
 
 def load_task(path: str, args: dict) -> Task:
     """Import and call the task function (cached per process)."""
-    return _load(path, json.dumps(args, sort_keys=True))
+    try:
+        key = json.dumps(args, sort_keys=True)
+    except TypeError as error:
+        raise TaskError(f"task_args must be plain YAML values (numbers, strings, lists, mappings): {error}") from None
+    return _load(path, key)

@@ -11,7 +11,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def to_checkpoint(model: torch.nn.Module) -> tuple[Layout, np.ndarray]:
-    params = {name for name, _ in model.named_parameters()}
+    params = {name for name, _ in model.named_parameters(remove_duplicate=False)}  # tied weights: every name
     state = model.state_dict()
     floats = {k: v for k, v in state.items() if v.is_floating_point()}
     vector_dtype = "float64" if any(v.dtype == torch.float64 for v in floats.values()) else "float32"
