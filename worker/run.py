@@ -68,12 +68,16 @@ class Run:
         size = self.spec.pack.size
         if size == "auto":
             size = min(max(pending, 1), MAX_AUTO_PACK)
-            if self.device.type == "cpu" and any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in self.new_model().modules()):
+            if self.device.type == "cpu" and self.convolutional:
                 size = 1
             elif self.device.type == "cuda":
                 free, _ = torch.cuda.mem_get_info(self.device)
                 size = max(1, min(size, int(0.8 * free / self.memory_per_individual)))
         return size if size == 1 or self.packable else 1
+
+    @cached_property
+    def convolutional(self) -> bool:
+        return any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in self.new_model().modules())
 
     @cached_property
     def memory_per_individual(self) -> int:
