@@ -74,9 +74,9 @@ class KubernetesWorkflows:
                 transient = error.status in (429, 500, 502, 503, 504)
                 if not transient or attempt == self.retries:
                     raise
-            except HTTPError:
+            except HTTPError as error:
                 if attempt == self.retries:
-                    raise
+                    raise ClusterRunError(f"the Kubernetes API cannot be reached ({type(error).__name__}: {error})") from None
             self.sleep(min(2**attempt, 30))
 
     def create(self, namespace: str, body: dict) -> dict:
@@ -145,7 +145,7 @@ def cluster_check(workflows: Workflows, namespace: str, store=None, log: Callabl
     log(f"ok: Workflows in namespace {namespace} can be read")
     if store is not None:
         store.check_writable()
-        log(f"ok: store {store.uri} can be written")
+        log(f"ok: store {store.uri} is reachable with these credentials (write permission is checked by the first write)")
 
 
 class Controller:
@@ -184,6 +184,8 @@ class Controller:
             else:
                 self.log(f"found {name} from an earlier start; waiting for it")
             outcome, reason = self.wait(name)
+            if outcome != "Succeeded" and next_phase(self.run) != phase:
+                return  # committed all the same: e.g. a successful Workflow deleted (TTL) before we saw it
             if outcome == "Succeeded":
                 if next_phase(self.run) != phase:
                     return

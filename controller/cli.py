@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, StoreError) as error:
         print(f"esgd: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # an output path that cannot be written (--out, -o, --dot, ...)
+        print(f"esgd: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("esgd: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -51,17 +51,32 @@ def _numpy_reconstruct():
     return _reconstruct
 
 
+MAX_BATCH_BYTES = 64 << 20  # a real batch is about 31 MB; anything larger is refused unread
+
+
 def _reconstruct(subtype, shape, dtype):
     if subtype is not _NDARRAY:
         raise pickle.UnpicklingError("an array of a class other than numpy.ndarray")
-    return _numpy_reconstruct()(np.ndarray, shape, dtype)
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and 0 <= n for n in shape)):
+        raise pickle.UnpicklingError("an array with a malformed shape")
+    return _numpy_reconstruct()(np.ndarray, shape, _dtype(dtype.str if isinstance(dtype, np.dtype) else dtype))
 
 
 def _dtype(spec, align=False, copy=False):
-    value = np.dtype(spec, align, copy)
-    if value.hasobject:
-        raise pickle.UnpicklingError("an array of Python objects")
-    return value
+    """Only plain native numbers (bool, int, uint, float), returned as numpy's shared built-in
+    dtype objects: `align` and `copy` are ignored, so the pickle's next BUILD cannot rewrite the
+    dtype (a private copy would take any fields and flags, and an array over them can crash)."""
+    if isinstance(spec, bytes):
+        spec = spec.decode("ascii", "replace")
+    if not isinstance(spec, str):
+        raise pickle.UnpicklingError(f"refusing a dtype given as {type(spec).__name__}")
+    try:
+        value = np.dtype(spec)
+    except TypeError:
+        raise pickle.UnpicklingError(f"refusing dtype {spec!r}") from None
+    if value.kind not in "biuf" or value.fields is not None or value.subdtype is not None or not value.isnative:
+        raise pickle.UnpicklingError(f"refusing dtype {spec!r}: only plain numbers")
+    return np.dtype(value.char)
 
 
 class BatchUnpickler(pickle.Unpickler):
@@ -70,7 +85,8 @@ class BatchUnpickler(pickle.Unpickler):
     Every global a pickle names goes through find_class; these are the only ones allowed:
     numpy's array reconstructor (under its numpy 1 and numpy 2 module names), numpy.ndarray
     (as a marker only that reconstructor accepts, so it can never be called) and numpy.dtype
-    (refusing object dtypes). Any other global — os.system, builtins.eval, ... — is refused."""
+    (plain numbers only, as numpy's shared built-in dtypes). Any other global — os.system,
+    builtins.eval, ... — is refused."""
 
     ALLOWED: dict[tuple[str, str], object] = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
@@ -115,12 +131,18 @@ def _cifar_files(path: Path) -> dict[str, Callable[[], bytes]]:
         except tarfile.TarError as error:
             raise DataError(f"{path}: not a tar archive ({error})") from None
         members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile() and Path(m.name).name in names}
-        return {name: (lambda m=m: archive.extractfile(m).read()) for name, m in members.items()}
+        return {name: (lambda m=m: _bounded(m.size, m.name, archive.extractfile(m).read)) for name, m in members.items()}
     for folder in (path, path / "cifar-10-batches-py"):
         found = {name: folder / name for name in names if (folder / name).is_file()}
         if found:
-            return {name: file.read_bytes for name, file in found.items()}
+            return {name: (lambda f=file: _bounded(f.stat().st_size, str(f), f.read_bytes)) for name, file in found.items()}
     return {}
+
+
+def _bounded(size: int, what: str, read: Callable[[], bytes]) -> bytes:
+    if size > MAX_BATCH_BYTES:
+        raise DataError(f"{what}: {size} bytes, more than a CIFAR-10 batch ({MAX_BATCH_BYTES} at most); refused unread")
+    return read()
 
 
 def cifar10_table(images: np.ndarray, labels: np.ndarray) -> pa.Table:
@@ -187,6 +209,9 @@ def _speech_source(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.n
 def speech_tables(utt: np.ndarray, x: np.ndarray, y: np.ndarray, frames: np.ndarray | None, rows: int) -> Iterator[pa.Table]:
     """Shards with each utterance's frames contiguous and in order (utterances in order of first
     appearance, frames by `frame` if given, else in source order)."""
+    lengths = {"utterances": len(utt), "features": len(x), "labels": len(y)} | ({} if frames is None else {"frames": len(frames)})
+    if len(set(lengths.values())) != 1 or not len(x):
+        raise DataError(f"frames: every array needs the same number (> 0) of rows, got {lengths}")
     utt = np.asarray([str(u) for u in utt]) if utt.dtype.kind not in "US" else utt.astype(str)
     y = np.asarray(y)
     if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):

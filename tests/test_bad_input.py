@@ -120,3 +120,12 @@ def test_checkpoints_that_do_not_fit_the_model(field, content, store_uri, tmp_pa
 def test_bad_device_flag(store_uri, tmp_path, capsys):
     spec_file = write_spec(tmp_path / "spec.yaml", tiny())
     _assert_one_line_and_nothing_written(*_run(capsys, "run", spec_file, "--store", store_uri, "--device", "foo"), "device", store_uri)
+
+
+def test_an_output_path_that_cannot_be_written(tmp_path, capsys):
+    spec_file = write_spec(tmp_path / "spec.yaml", tiny())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, out, err = _run(capsys, "compile", spec_file, "--generation", "0", "--store", str(tmp_path / "st"), "-o", str(blocker / "wf.yaml"))
+    errors = [line for line in err.splitlines() if line.startswith("esgd: error:")]
+    assert code == 2 and len(errors) == 1 and str(blocker / "wf.yaml") in errors[0] and out == ""

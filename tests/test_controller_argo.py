@@ -240,6 +240,21 @@ def test_a_deleted_workflow_counts_as_a_failed_attempt(run):
     assert next_phase(run) == 1
 
 
+def test_a_successful_workflow_deleted_before_it_was_seen_counts_as_success(run):
+    """ttlStrategy may delete a Succeeded Workflow before the next poll: the store decides."""
+    class DeletingOnSuccess(FakeWorkflows):
+        def get(self, namespace, name):
+            obj = super().get(namespace, name)
+            if obj and obj["status"]["phase"] == "Succeeded":
+                del self.objects[(namespace, name)]
+                return None
+            return obj
+
+    fake, lines = DeletingOnSuccess(), []
+    controller(fake, run, log=lines.append).complete(0)
+    assert created_names(fake) == ["tiny-run-g0000-a0"] and next_phase(run) == 1
+
+
 def test_failure_reason_names_the_failed_pod():
     workflow = {"status": {"phase": "Failed", "message": "child 'train-m0-1' failed", "nodes": {
         "a": {"type": "DAG", "phase": "Failed", "message": "x"},
@@ -288,7 +303,7 @@ def test_cluster_check(run):
     """What `helm test` runs: a get answered 404 means the Workflows can be read; a 403 stops it."""
     lines = []
     cluster_check(FakeWorkflows(), NAMESPACE, run.store, lines.append)
-    assert lines == [f"ok: Workflows in namespace {NAMESPACE} can be read", f"ok: store {run.store.uri} can be written"]
+    assert lines == [f"ok: Workflows in namespace {NAMESPACE} can be read", f"ok: store {run.store.uri} is reachable with these credentials (write permission is checked by the first write)"]
     forbidden = KubernetesWorkflows(FakeCustomObjectsApi([403]), sleep=lambda s: None)
     with pytest.raises(ClusterRunError, match="403"):
         cluster_check(forbidden, NAMESPACE)

@@ -151,13 +151,15 @@ def _malicious(global_line: bytes, args: bytes) -> bytes:
     return b"\x80\x02c" + global_line + b"\n" + args + b"\x85R."  # PROTO 2, GLOBAL, arg, TUPLE1, REDUCE
 
 
-@pytest.mark.parametrize("payload", ["os-system", "builtins-eval", "object-array", "other-class"])
+@pytest.mark.parametrize("payload", ["os-system", "builtins-eval", "object-array", "structured-dtype", "other-class"])
 def test_a_batch_naming_any_other_global_is_refused_before_anything_runs(payload, tmp_path, capsys):
     marker = tmp_path / "pwned"
     data = {
         "os-system": _malicious(b"os\nsystem", b"X" + struct.pack("<I", len(f"touch {marker}")) + f"touch {marker}".encode()),
         "builtins-eval": _malicious(b"builtins\neval", b"X" + struct.pack("<I", 8) + b"1+1 == 2"),
         "object-array": cifar_batch(np.array([None] * 3072 * 2, dtype=object).reshape(2, 3072), [0, 1]),
+        # a structured dtype: its pickle rebuilds the fields with BUILD, which must never reach numpy
+        "structured-dtype": pickle.dumps({b"data": np.zeros((2, 3072), dtype=[("a", "<u8")]), b"labels": [0, 1]}, protocol=2),
         "other-class": pickle.dumps({"data": __import__("collections").OrderedDict(), "labels": []}, protocol=2),
     }[payload]
     with pytest.raises(DataError, match="not a CIFAR-10 python batch"):
@@ -168,7 +170,16 @@ def test_a_batch_naming_any_other_global_is_refused_before_anything_runs(payload
     code, out, err = run_cli(capsys, "data", "import", "cifar10", str(tmp_path / "src"), "--store", str(tmp_path / "store"))
     assert code == 2 and out == "" and err.startswith("esgd: error: ") and len(err.strip().splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "store" / "data" / "cifar10" / "dataset.json").exists()
-    assert "refusing global" in err or "Python objects" in err
+    assert "refusing global" in err or "refusing dtype" in err
+
+
+def test_a_batch_larger_than_any_real_one_is_refused_unread(tmp_path, capsys):
+    src = tmp_path / "src" / "cifar-10-batches-py"
+    src.mkdir(parents=True)
+    with open(src / "data_batch_1", "wb") as handle:
+        handle.truncate(65 << 20)  # sparse: as large as a decompression bomb's member, nothing on disk
+    code, out, err = run_cli(capsys, "data", "import", "cifar10", str(tmp_path / "src"), "--store", str(tmp_path / "store"))
+    assert code == 2 and "refused unread" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_failed_reimport_leaves_the_previous_dataset_whole(tmp_path):
@@ -276,3 +287,12 @@ def test_bad_sources_give_one_line(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="dataset.json"):
         cifar10.task(str(tmp_path / "s" / "data" / "nothing"))
     assert not os.path.exists(tmp_path / "s" / "data" / "cifar10")
+
+
+def test_speech_arrays_of_different_lengths_are_refused(tmp_path, capsys):
+    src = tmp_path / "frames"
+    src.mkdir()
+    for split in ("train", "valid"):
+        np.savez(src / f"{split}.npz", features=np.zeros((5, 3), np.float32), labels=np.zeros(4, np.int64), utterances=np.array(["u"] * 5))
+    code, out, err = run_cli(capsys, "data", "import", "speech", str(src), "--store", str(tmp_path / "store"))
+    assert code == 2 and "same number" in err and len(err.strip().splitlines()) == 1

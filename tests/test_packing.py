@@ -115,10 +115,17 @@ def test_tied_weights_pack_and_mutate():
     task.model = _Tied
     g = torch.Generator().manual_seed(0)
     task.train = (torch.randn(64, 4, generator=g, dtype=torch.float64), task.train[1][:64])
+    torch.manual_seed(0)
     models = [_Tied() for _ in range(2)]
-    hps = [{"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "batch_size": 32}] * 2
+    hps = [{"optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "batch_size": 32}] * 2
+    alone = [copy.deepcopy(m) for m in models]
+    for model, hp, seed in zip(alone, hps, ("a", "b")):
+        train(model, task, task.train, task.train, hp, 1, 9.0, 1.0, (0, 0, seed))
     train_pack(models, task, task.train, task.train, hps, 1, [9.0] * 2, 1.0, [(0, 0, "a"), (0, 0, "b")])
     assert models[0].b.weight is models[0].a.weight  # still tied after the pack is unpacked
+    for packed, single in zip(models, alone):  # and trained exactly as one at a time
+        assert torch.allclose(packed.a.weight, single.a.weight, rtol=1e-9, atol=1e-12)
+    assert all(torch.isfinite(m.a.weight).all() for m in models)
     parents = [checkpoint.encode(*to_checkpoint(m)) for m in models]
     child = _Tied()
     load_into(child, *checkpoint.decode(recombine(parents, 0.5, (0, 0, "c"))))

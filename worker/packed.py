@@ -35,6 +35,10 @@ class Pack:
         if len(dtypes) != 1:
             raise ValueError(f"packing needs one parameter dtype, found {sorted(map(str, dtypes))}")
         self.shapes = {name: p.shape[1:] for name, p in params.items()}
+        first: dict[int, str] = {}  # tied weights: every further name of a parameter is an alias
+        for name, p in models[0].named_parameters(remove_duplicate=False):
+            first.setdefault(id(p), name)
+        self.aliases = {name: first[id(p)] for name, p in models[0].named_parameters(remove_duplicate=False) if first[id(p)] != name}
         self.flat = torch.cat([p.detach().reshape(self.k, -1) for p in params.values()], dim=1).requires_grad_()
         self.persistent = set(models[0].state_dict())  # non-persistent buffers stay out of checkpoints
 
@@ -45,7 +49,7 @@ class Pack:
             n = math.prod(shape)
             out[name] = self.flat[:, offset : offset + n].reshape(self.k, *shape)
             offset += n
-        return out
+        return out | {alias: out[name] for alias, name in self.aliases.items()}
 
     def _call(self, params, buffers, x):
         return functional_call(self.base, (params, buffers), (x,))
@@ -59,15 +63,8 @@ class Pack:
         return {name: t[i].detach() for name, t in tensors.items() if name in self.persistent}
 
     def load_into(self, model: torch.nn.Module, i: int) -> None:
-        """Copy individual i into a model of the architecture. The pack holds each tensor once, so
-        a tied weight's second name is not in it: loading the first name sets it."""
-        ours = self.state_dict(i)
-        missing, unexpected = model.load_state_dict(ours, strict=False)
-        state = model.state_dict()
-        loaded = {state[name].data_ptr() for name in ours}
-        aliases = [name for name in missing if state[name].data_ptr() in loaded]
-        if unexpected or len(aliases) != len(missing):
-            raise ValueError(f"pack and model differ: missing {sorted(set(missing) - set(aliases))}, unexpected {unexpected}")
+        """Copy individual i into a model of the architecture."""
+        model.load_state_dict(self.state_dict(i))
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.flat] + list(self.buffers.values())
