@@ -1,7 +1,6 @@
 """`esgd`: run, inspect and report ESGD runs."""
 
 import argparse
-import os
 import json
 import sys
 from pathlib import Path
@@ -114,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The console script: main(), then exit without interpreter teardown. Everything is flushed
-    and committed by then; skipping teardown avoids a native library's thread pool aborting at exit
-    ("terminate called without an active exception", seen about once in a hundred worker runs),
-    which would turn a finished step into a failed one."""
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    """The `esgd` console script (exits without interpreter teardown: see esgd.worker.cli.exit_after)."""
+    from esgd.worker.cli import exit_after
+
+    exit_after(main)

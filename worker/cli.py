@@ -55,12 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry() -> None:
-    """The console script: main(), then exit without interpreter teardown. Everything is flushed
-    and committed by then; skipping teardown avoids a native library's thread pool aborting at exit
+def exit_after(main_function) -> None:
+    """Run a CLI's main(), then exit without interpreter teardown. Everything is flushed and
+    committed by then; skipping teardown avoids a native library's thread pool aborting at exit
     ("terminate called without an active exception", seen about once in a hundred worker runs),
     which would turn a finished step into a failed one."""
-    code = main()
+    code = main_function()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def entry() -> None:
+    """The `esgd-worker` console script."""
+    exit_after(main)
