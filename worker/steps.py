@@ -244,8 +244,9 @@ def select(run: Run, generation: int, rnd: int) -> None:
             rebuild_history(run)
         return
     pool = _pool(run, generation, rnd)
+    offspring = _offspring(run, generation, rnd) if spec.evolves else []
     if spec.evolves:
-        candidates = pool + _offspring(run, generation, rnd)
+        candidates = pool + offspring
         losses = np.array([c["fitness"] for c in candidates])
         elite, others = elitist_select(generator(spec.seed, generation, "select", "select", rnd), losses, spec.mu, spec.m)
         survivors = [dict(candidates[i], elite=True) for i in elite] + [dict(candidates[i], elite=False) for i in others]
@@ -253,7 +254,7 @@ def select(run: Run, generation: int, rnd: int) -> None:
         survivors = _mark_elite(pool, spec.m)
     survivors = [{k: row[k] for k in MANIFEST.names} for row in survivors]
     if last:
-        run.store.put(keys.history_part(run.id, generation), to_parquet(_history(run, generation, survivors), HISTORY))
+        run.store.put(keys.history_part(run.id, generation), to_parquet(_history(run, generation, survivors, {rnd: offspring}), HISTORY))
     run.store.put_if_absent(out_key, to_parquet(survivors, MANIFEST))
     if last:
         rebuild_history(run)
@@ -266,20 +267,27 @@ def _hp_columns(hp: dict | None) -> dict:
     return {k: hp.get(k) for k in ("optimizer", "lr", "momentum", "weight_decay", "beta1", "beta2", "batch_size")}
 
 
-def _history(run: Run, generation: int, survivors: list[dict]) -> list[dict]:
+def _trained_row(generation: int, role: str, parents: list[str], rec: dict) -> dict:
+    """A history row of an individual trained in a generation (or fine-tuned), from its record."""
+    return {
+        "generation": generation, "round": -1, "member": rec["member"], "role": role,
+        "fitness": rec["fitness"], "fitness_before": rec["fitness_before"], **_hp_columns(rec["hparams"]),
+        "parents": parents, "sigma": None, "backoffs": rec["backoffs"], "epochs": rec["epochs"],
+    }
+
+
+def _history(run: Run, generation: int, survivors: list[dict], offspring: dict[int, list[dict]]) -> list[dict]:
+    """History rows of a generation; `offspring` holds the rounds' offspring already read."""
     selected = {r["member"] for r in survivors}
     elite = {r["member"] for r in survivors if r["elite"]}
-    rows = []
-    for parent in _manifest(run, keys.parents(run.id, generation)):
-        rec = run.store.get_json(keys.train_record(run.id, generation, parent["member"]))
-        rows.append({
-            "generation": generation, "round": -1, "member": parent["member"], "role": "parent",
-            "fitness": rec["fitness"], "fitness_before": rec["fitness_before"], **_hp_columns(rec["hparams"]),
-            "parents": parent["parents"], "sigma": None, "backoffs": rec["backoffs"], "epochs": rec["epochs"],
-        })
+    rows = [
+        _trained_row(generation, "parent", parent["parents"],
+                     run.store.get_json(keys.train_record(run.id, generation, parent["member"])))
+        for parent in _manifest(run, keys.parents(run.id, generation))
+    ]
     if run.spec.evolves:
         for rnd in range(rounds(run.spec)):
-            for child in _offspring(run, generation, rnd):
+            for child in offspring.get(rnd) or _offspring(run, generation, rnd):
                 rows.append({
                     "generation": generation, "round": rnd, "member": child["member"], "role": child["role"],
                     "fitness": child["fitness"], "fitness_before": None, **_hp_columns(None),
@@ -317,12 +325,7 @@ def finish(run: Run) -> None:
             for i, row in enumerate(rows):
                 rec = run.store.get_json(keys.final_record(run.id, row["member"]))
                 rows[i] = dict(row, **_ref(rec), fitness=rec["fitness"], hparams=json.dumps(rec["hparams"], sort_keys=True))
-                history.append({
-                    "generation": spec.generations, "round": -1, "member": row["member"], "role": "finetune",
-                    "fitness": rec["fitness"], "fitness_before": rec["fitness_before"], **_hp_columns(rec["hparams"]),
-                    "parents": row["parents"], "sigma": None, "backoffs": rec["backoffs"], "epochs": rec["epochs"],
-                    "selected": True,
-                })
+                history.append(dict(_trained_row(spec.generations, "finetune", row["parents"], rec), selected=True))
             rows = _mark_elite(rows, spec.m)
             history = [dict(h, elite=r["elite"]) for h, r in zip(history, rows)]
             run.store.put(keys.history_part(run.id, spec.generations), to_parquet(history, HISTORY))
