@@ -76,6 +76,17 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def kill_at_marker(code: str, marker, what: str) -> None:
+    """Run `code` in a fresh Python, wait (bounded) until it writes `marker`, then SIGKILL it."""
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: marker.exists() or process.poll() is not None, 120, what)
+        assert process.poll() is None, process.stdout.read().decode()
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+
+
 def one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
@@ -192,13 +203,7 @@ def test_worker_killed_mid_upload_leaves_no_torn_checkpoint_in_the_records(s3_ur
 
     marker = tmp_path / "uploading"
     code = f"MARKER = {str(marker)!r}\nRUN = {run.uri!r}\n" + TORN_UPLOAD
-    worker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: marker.exists() or worker.poll() is not None, 120, "the worker to start its second upload")
-        assert worker.poll() is None, worker.stdout.read().decode()
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(30)
+    kill_at_marker(code, marker, "the worker to start its second upload")
     torn = marker.read_text()
     member = torn.split("/")[-2]
 
@@ -246,13 +251,7 @@ sys.exit(main(["run", SPEC, "--store", STORE, "--device", "cpu"]))
 def test_driver_killed_between_steps_and_run_again_gives_the_same_history(s3_uri, spec_file, tmp_path, reference):
     marker = tmp_path / "evolved"
     code = f"MARKER = {str(marker)!r}\nSPEC = {spec_file!r}\nSTORE = {s3_uri!r}\n" + KILLED_DRIVER
-    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: marker.exists() or driver.poll() is not None, 120, "the driver to finish the evolve step")
-        assert driver.poll() is None, driver.stdout.read().decode()
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(30)
+    kill_at_marker(code, marker, "the driver to finish the evolve step")
     store = open_store(s3_uri)
     offspring = {k: store.get_json(k) for k in store.list(keys.round_(RUN_ID, 0, 0)) if k.endswith(".json")}
     assert len(offspring) == 4 and not store.exists(keys.history(RUN_ID))
