@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from esgd.worker.packed import train_pack
+from esgd.worker.packed import Pack, train_pack
 from esgd.worker.task import Task
 from esgd.worker.tasks.mlp import mlp
 from esgd.worker.tasks.resnet import resnet
@@ -75,11 +75,11 @@ def packed(factory, x, y, batch, steps, k, device, bf16) -> float:
     n = batch * steps
     task = Task(model=factory, train=(x[:n], y[:n]), fitness=(x[:batch], y[:batch]), eval_batch_size=batch)
     def once(steps_n):
-        models = [factory().to(device) for _ in range(k)]
+        pack = Pack.from_models([factory().to(device) for _ in range(k)])
         sub = (x[: batch * steps_n], y[: batch * steps_n])
         sync(device)
         began = time.perf_counter()
-        train_pack(models, task, sub, task.fitness, [hp(batch)] * k, 1, [math.inf] * k, 1.0,
+        train_pack(pack, task, sub, task.fitness, [hp(batch)] * k, 1, [math.inf] * k, 1.0,
                    [(0, 0, f"m{i}") for i in range(k)], bf16=bf16)
         sync(device)
         return time.perf_counter() - began

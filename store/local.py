@@ -18,9 +18,18 @@ class LocalStore(Store):
             raise StoreError(f"invalid key {key!r}")
         return self.root / key
 
+    @staticmethod
+    def _mkstemp(path: Path) -> tuple[int, str]:
+        """A new temporary file next to `path`; its folder is made only when missing (mkdir on
+        every write costs as much as the write of a small record)."""
+        try:
+            return tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+
     def _temp(self, path: Path, data: bytes) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp = self._mkstemp(path)
         # Written whole, then renamed or linked into place: atomic for readers and against a killed
         # process. No fsync (it costs more than a small model's training): after an OS crash the
         # newest objects may be torn, and the checksums in the records make the reading step fail
@@ -58,8 +67,7 @@ class LocalStore(Store):
 
     def put_stream(self, key: str, pieces) -> dict:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp = self._mkstemp(path)
         digest, size = hashlib.sha256(), 0
         try:
             with os.fdopen(fd, "wb") as handle:

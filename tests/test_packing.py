@@ -7,14 +7,24 @@ import torch
 
 from esgd.controller.local import execute
 from esgd.core.plan import pack_groups
-from esgd.worker.packed import train_pack
+from esgd.worker.packed import Pack, train_pack
 from esgd.worker.task import Task
 from esgd.worker.tasks.mlp import mlp
 from esgd.worker.train import fitness, train
+from esgd.worker.weights import load_into, to_checkpoint
 
 from helpers import history, start
 
 FAMILIES = ["sgd", "nesterov", "adam", "adamw", "rmsprop"]
+
+
+def _train_models(models, *args, **kwargs):
+    """train_pack on models, which are updated in place through their checkpoints."""
+    pack = Pack.from_models(models)
+    results = train_pack(pack, *args, **kwargs)
+    for model, weights in zip(models, pack.checkpoints()):
+        load_into(model, *weights)
+    return results
 
 
 def test_pack_groups_share_a_batch_size_and_respect_the_size():
@@ -41,7 +51,7 @@ def test_packed_training_matches_one_at_a_time_for_every_optimizer_and_backoff()
     seeds = [(1, 0, f"m{i}") for i in range(len(hps))]
     alone = [copy.deepcopy(m) for m in models]
     expected = [train(m, task, task.train, task.fitness, hp, 3, f, 1.0, s) for m, hp, f, s in zip(alone, hps, start_fitness, seeds)]
-    packed = train_pack(models, task, task.train, task.fitness, hps, 3, start_fitness, 1.0, seeds)
+    packed = _train_models(models, task, task.train, task.fitness, hps, 3, start_fitness, 1.0, seeds)
     for e, p, a, m in zip(expected, packed, alone, models):
         assert p.backoffs == e.backoffs
         assert p.epoch_fitness == pytest.approx(e.epoch_fitness, rel=1e-8)
@@ -89,7 +99,7 @@ def test_models_with_non_persistent_buffers_pack():
     task.model = _Scaled
     models = [_Scaled() for _ in range(3)]
     hps = [{"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "batch_size": 50}] * 3
-    results = train_pack(models, task, task.train, task.fitness, hps, 1, [9.0] * 3, 1.0, [(0, 0, f"m{i}") for i in range(3)])
+    results = _train_models(models, task, task.train, task.fitness, hps, 1, [9.0] * 3, 1.0, [(0, 0, f"m{i}") for i in range(3)])
     assert all(r.fitness < 9.0 for r in results) and "scale" not in models[0].state_dict()
 
 
@@ -109,7 +119,6 @@ class _Tied(torch.nn.Module):
 def test_tied_weights_pack_and_mutate():
     from esgd.store import checkpoint
     from esgd.worker.evolve import recombine
-    from esgd.worker.weights import load_into, to_checkpoint
 
     task = _task()
     task.model = _Tied
@@ -121,8 +130,8 @@ def test_tied_weights_pack_and_mutate():
     alone = [copy.deepcopy(m) for m in models]
     for model, hp, seed in zip(alone, hps, ("a", "b")):
         train(model, task, task.train, task.train, hp, 1, 9.0, 1.0, (0, 0, seed))
-    train_pack(models, task, task.train, task.train, hps, 1, [9.0] * 2, 1.0, [(0, 0, "a"), (0, 0, "b")])
-    assert models[0].b.weight is models[0].a.weight  # still tied after the pack is unpacked
+    _train_models(models, task, task.train, task.train, hps, 1, [9.0] * 2, 1.0, [(0, 0, "a"), (0, 0, "b")])
+    assert models[0].b.weight is models[0].a.weight  # still tied after loading the pack's checkpoints
     for packed, single in zip(models, alone):  # and trained exactly as one at a time
         assert torch.allclose(packed.a.weight, single.a.weight, rtol=1e-9, atol=1e-12)
     assert all(torch.isfinite(m.a.weight).all() for m in models)
@@ -131,3 +140,36 @@ def test_tied_weights_pack_and_mutate():
     load_into(child, *checkpoint.decode(recombine(parents, 0.5, (0, 0, "c"))))
     mean = (models[0].a.weight + models[1].a.weight) / 2
     assert (child.a.weight - mean).abs().max() > 0.1  # the mutation reached the shared weight
+
+
+@pytest.mark.parametrize("model", [lambda: mlp(6, 8, 2, 2, batchnorm=True, dtype=torch.float64), _Scaled, _Tied])
+def test_a_pack_reads_and_writes_checkpoints_exactly_as_single_models(model):
+    from esgd.store import checkpoint
+
+    torch.manual_seed(1)
+    models = [model() for _ in range(3)]
+    for m in models:  # integer buffers that differ per individual
+        for name, buffer in m.named_buffers():
+            if not buffer.is_floating_point():
+                buffer.fill_(len(name) + id(m) % 7)
+    singles = [checkpoint.encode(*to_checkpoint(m)) for m in models]
+    assert [checkpoint.encode(*w) for w in Pack.from_models(models).checkpoints()] == singles
+    pack = Pack.from_checkpoints(model(), [checkpoint.decode(data) for data in singles])
+    assert [checkpoint.encode(*w) for w in pack.checkpoints()] == singles
+
+
+def test_a_pack_of_tied_weights_takes_the_values_load_state_dict_takes():
+    layout, vector = to_checkpoint(_Tied())
+    vector = vector.copy()
+    b = next(e for e in layout.entries if e.name == "b.weight")
+    vector[b.offset : b.offset + b.numel] += 1.0  # the two names of the weight disagree, as after a mutation
+    single = _Tied()
+    load_into(single, layout, vector)
+    pack = Pack.from_checkpoints(_Tied(), [(layout, vector)] * 2)
+    assert torch.equal(pack.params()["a.weight"][1], single.a.weight.detach())
+
+
+def test_a_checkpoint_of_another_architecture_does_not_fit_a_pack():
+    weights = to_checkpoint(mlp(6, 8, 2, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="do not fit the model: missing .*wrong shape"):
+        Pack.from_checkpoints(mlp(6, 9, 3, 2, dtype=torch.float64), [weights, weights])

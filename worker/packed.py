@@ -14,12 +14,15 @@ steps are in lockstep); the caller groups them.
 import copy
 import math
 
+import numpy as np
 import torch
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from esgd.core.rng import generator, int_seed
+from esgd.store.checkpoint import Layout
 from esgd.worker.task import Task
 from esgd.worker.train import TrainResult
+from esgd.worker.weights import stacked_state, to_checkpoints
 
 RMSPROP_ALPHA, EPS, ADAM_EPS = 0.99, 1e-8, 1e-8
 
@@ -27,20 +30,48 @@ RMSPROP_ALPHA, EPS, ADAM_EPS = 0.99, 1e-8, 1e-8
 class Pack:
     """k models as one parameter matrix plus stacked buffers, sharing one stateless module."""
 
-    def __init__(self, models: list[torch.nn.Module]):
-        self.k = len(models)
-        self.base = copy.deepcopy(models[0]).to("meta")
-        params, self.buffers = stack_module_state(models)
-        dtypes = {p.dtype for p in params.values()}
-        if len(dtypes) != 1:
-            raise ValueError(f"packing needs one parameter dtype, found {sorted(map(str, dtypes))}")
-        self.shapes = {name: p.shape[1:] for name, p in params.items()}
+    def __init__(self, template: torch.nn.Module, state: dict[str, torch.Tensor]):
+        """template: a model of the architecture (only its structure is used); state: the k
+        individuals' parameters and buffers as stacked [k, ...] tensors, by name."""
+        self.base = copy.deepcopy(template).to("meta")
         first: dict[int, str] = {}  # tied weights: every further name of a parameter is an alias
-        for name, p in models[0].named_parameters(remove_duplicate=False):
-            first.setdefault(id(p), name)
-        self.aliases = {name: first[id(p)] for name, p in models[0].named_parameters(remove_duplicate=False) if first[id(p)] != name}
-        self.flat = torch.cat([p.detach().reshape(self.k, -1) for p in params.values()], dim=1).requires_grad_()
-        self.persistent = set(models[0].state_dict())  # non-persistent buffers stay out of checkpoints
+        source: dict[str, str] = {}  # ... and, as in load_state_dict, its last name's values win
+        for name, p in template.named_parameters(remove_duplicate=False):
+            source[first.setdefault(id(p), name)] = name
+        names = list(source)
+        self.aliases = {name: first[id(p)] for name, p in template.named_parameters(remove_duplicate=False) if first[id(p)] != name}
+        expected = {name: t.shape for name, t in [*template.named_parameters(remove_duplicate=False), *template.named_buffers()]}
+        missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+        wrong = [name for name in expected.keys() & state.keys() if state[name].shape[1:] != expected[name]]
+        if missing or unexpected or wrong:
+            raise ValueError(f"the individuals do not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}, "
+                             f"wrong shape {sorted(wrong)}")
+        dtypes = {state[source[name]].dtype for name in names}
+        if len(dtypes) > 1:
+            raise ValueError(f"packing needs one parameter dtype, found {sorted(map(str, dtypes))}")
+        self.k = len(state[names[0]])
+        self.shapes = {name: state[name].shape[1:] for name in names}
+        self.flat = torch.cat([state[source[name]].detach().reshape(self.k, -1) for name in names], dim=1).requires_grad_()
+        self.buffers = {name: state[name] for name, _ in template.named_buffers()}
+        self.state_names = list(template.state_dict())  # non-persistent buffers stay out of checkpoints
+        self.param_names = {name for name, _ in template.named_parameters(remove_duplicate=False)}
+
+    @classmethod
+    def from_models(cls, models: list[torch.nn.Module]) -> "Pack":
+        tensors = [{**dict(m.named_parameters(remove_duplicate=False)), **dict(m.named_buffers())} for m in models]
+        return cls(models[0], {name: torch.stack([t[name].detach() for t in tensors]) for name in tensors[0]})
+
+    @classmethod
+    def from_checkpoints(cls, template: torch.nn.Module, checkpoints: list[tuple[Layout, np.ndarray]]) -> "Pack":
+        """A pack straight from decoded checkpoints: one host-to-device copy, no module per individual."""
+        device = next(template.parameters()).device
+        state = stacked_state(checkpoints, device)
+        for name, tensor in template.state_dict().items():  # load_state_dict casts to the model's dtypes too
+            if name in state and state[name].dtype != tensor.dtype:
+                state[name] = state[name].to(tensor.dtype)
+        for name, buffer in template.named_buffers():  # non-persistent buffers: as a new model has them
+            state.setdefault(name, buffer.detach().expand(len(checkpoints), *buffer.shape).clone())
+        return cls(template, state)
 
     def params(self) -> dict[str, torch.Tensor]:
         """Views of the parameter matrix, shaped like each stacked parameter."""
@@ -58,13 +89,10 @@ class Pack:
         """x: [k, B, ...] (one batch per individual), or [B, ...] shared by all when `shared`."""
         return vmap(self._call, in_dims=(0, 0, None if shared else 0), randomness="different")(self.params(), self.buffers, x)
 
-    def state_dict(self, i: int) -> dict:
+    def checkpoints(self) -> list[tuple[Layout, np.ndarray]]:
+        """The k individuals as checkpoints, exactly as weights.to_checkpoint writes each model."""
         tensors = {**self.params(), **self.buffers}
-        return {name: t[i].detach() for name, t in tensors.items() if name in self.persistent}
-
-    def load_into(self, model: torch.nn.Module, i: int) -> None:
-        """Copy individual i into a model of the architecture."""
-        model.load_state_dict(self.state_dict(i))
+        return to_checkpoints({name: tensors[name] for name in self.state_names}, self.param_names)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.flat] + list(self.buffers.values())
@@ -152,7 +180,7 @@ def pack_fitness(pack: Pack, task: Task, data: tuple[torch.Tensor, ...]) -> list
 
 
 def train_pack(
-    models: list[torch.nn.Module],
+    pack: Pack,
     task: Task,
     train_data: tuple[torch.Tensor, ...],
     fitness_data: tuple[torch.Tensor, ...],
@@ -164,12 +192,11 @@ def train_pack(
     halve_lr: bool = False,
     bf16: bool = False,
 ) -> list[TrainResult]:
-    """train.train for k individuals at once; the models are updated in place.
+    """train.train for k individuals at once; the pack is updated in place.
     Every individual must have the same batch size."""
     batch_size = hps[0]["batch_size"]
     if any(hp["batch_size"] != batch_size for hp in hps):
         raise ValueError("a pack needs one batch size")
-    pack = Pack(models)
     optimizer = PackedOptimizer(pack.flat, hps)
     inputs, targets = train_data
     device = inputs.device
@@ -208,6 +235,4 @@ def train_pack(
             with torch.no_grad():
                 for tensor, old in zip(pack.tensors() + optimizer.tensors(), saved):
                     tensor[rows] = old[rows]
-    for i, model in enumerate(models):
-        pack.load_into(model, i)
     return results

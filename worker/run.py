@@ -3,6 +3,7 @@
 import sys
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from esgd.core import keys
@@ -11,6 +12,7 @@ from esgd.core.spec import RunSpec, load_spec
 from esgd.store import checkpoint
 from esgd.store.base import Store
 from esgd.store.uri import open_run, run_uri
+from esgd.worker.packed import Pack
 from esgd.worker.task import Task, load_task
 from esgd.worker.weights import load_into, to_checkpoint
 
@@ -96,13 +98,10 @@ class Run:
 
     @cached_property
     def packable(self) -> bool:
-        from esgd.worker.packed import Pack
-
         try:
-            models = [self.new_model(), self.new_model()]
-            pack = Pack(models)
+            pack = Pack.from_models([self.new_model(), self.new_model()])
             pack.forward(torch.stack([self.train_data[0][:2]] * 2))
-            pack.load_into(models[0], 1)
+            pack.checkpoints()
             return True
         except Exception as error:  # noqa: BLE001 - any failure means: train one at a time
             print(f"esgd: this model cannot be packed ({type(error).__name__}: {error}); training one at a time",
@@ -115,11 +114,25 @@ class Run:
     def new_model(self) -> torch.nn.Module:
         return self.task.model().to(self.device)
 
+    @cached_property
+    def template(self) -> torch.nn.Module:
+        """One model of the architecture, never trained: packs take their structure from it."""
+        return self.new_model()
+
+    def read_checkpoint(self, ref: dict) -> tuple[checkpoint.Layout, np.ndarray]:
+        """A checkpoint (layout, vector) from its reference, checksum verified."""
+        return checkpoint.decode(self.store.get_verified(ref))
+
     def load_model(self, ref: dict) -> torch.nn.Module:
-        """A model from a checkpoint reference, checksum verified."""
         model = self.new_model()
-        load_into(model, *checkpoint.decode(self.store.get_verified(ref)))
+        load_into(model, *self.read_checkpoint(ref))
         return model
 
+    def load_pack(self, refs: list[dict]) -> Pack:
+        return Pack.from_checkpoints(self.template, [self.read_checkpoint(ref) for ref in refs])
+
+    def save_checkpoint(self, key: str, layout: checkpoint.Layout, vector: np.ndarray) -> dict:
+        return self.store.put_blob(key, checkpoint.encode(layout, vector))
+
     def save_model(self, model: torch.nn.Module, key: str) -> dict:
-        return self.store.put_blob(key, checkpoint.encode(*to_checkpoint(model)))
+        return self.save_checkpoint(key, *to_checkpoint(model))

@@ -17,10 +17,10 @@ from esgd.store import checkpoint
 from esgd.store.base import NotFound, StoreError, attempt_id
 from esgd.store.uri import read_uri
 from esgd.worker import evolve as ops
-from esgd.worker.packed import Pack, pack_fitness, train_pack
+from esgd.worker.packed import pack_fitness, train_pack
 from esgd.worker.run import Run
 from esgd.worker.train import fitness, metric, train as train_member
-from esgd.worker.weights import load_into
+from esgd.worker.weights import load_into, to_checkpoint
 
 
 def _ref(record: dict) -> dict:
@@ -123,19 +123,22 @@ def _train_rows(run: Run, rows: list[dict], slots: range, hp_of, epochs: int, ge
 
 def _train_group(run: Run, rows: list[dict], hps: list[dict], epochs: int, generation: int, record_key) -> None:
     spec = run.spec
-    models = [run.load_model(row) for row in rows]
     common = dict(
         task=run.task, train_data=run.train_data, fitness_data=run.fitness_data, epochs=epochs,
         p_backoff=1.0 if spec.mode == "single" else spec.sgd.backoff, halve_lr=spec.mode == "single",
     )
     seeds = [run.seed(generation, row["member"]) for row in rows]
     if len(rows) == 1:
-        results = [train_member(models[0], hp=hps[0], start_fitness=rows[0]["fitness"], seed=seeds[0], **common)]
+        model = run.load_model(rows[0])
+        results = [train_member(model, hp=hps[0], start_fitness=rows[0]["fitness"], seed=seeds[0], **common)]
+        trained = [to_checkpoint(model)]
     else:
-        results = train_pack(models, hps=hps, start_fitness=[r["fitness"] for r in rows], seeds=seeds, bf16=spec.pack.bf16, **common)
-    for row, model, result in zip(rows, models, results):
+        pack = run.load_pack(rows)
+        results = train_pack(pack, hps=hps, start_fitness=[r["fitness"] for r in rows], seeds=seeds, bf16=spec.pack.bf16, **common)
+        trained = pack.checkpoints()
+    for row, weights, result in zip(rows, trained, results):
         key = record_key(row["member"])
-        ref = run.save_model(model, key.removesuffix(".json") + f"/{attempt_id()}.arrow")
+        ref = run.save_checkpoint(key.removesuffix(".json") + f"/{attempt_id()}.arrow", *weights)
         run.store.commit_json(key, {
             "member": row["member"], **ref, "fitness": result.fitness, "fitness_before": row["fitness"],
             "hparams": result.hparams, "backoffs": result.backoffs, "epochs": epochs, "epoch_fitness": result.epoch_fitness,
@@ -206,13 +209,13 @@ def evaluate(run: Run, generation: int, rnd: int, offspring: tuple[int, int] | N
         if all(run.store.exists(record_key(child)) for child in members):
             continue
         try:
-            models = [run.load_model(run.store.get_json(keys.offspring_record(run.id, generation, rnd, c))) for c in members]
+            refs = [run.store.get_json(keys.offspring_record(run.id, generation, rnd, c)) for c in members]
         except NotFound:
             raise StoreError(f"offspring of round {rnd} are not committed yet: run evolve first") from None
-        if len(models) == 1:
-            values = [fitness(models[0], run.task, run.fitness_data)]
+        if len(refs) == 1:
+            values = [fitness(run.load_model(refs[0]), run.task, run.fitness_data)]
         else:
-            values = pack_fitness(Pack(models), run.task, run.fitness_data)
+            values = pack_fitness(run.load_pack(refs), run.task, run.fitness_data)
         for child, value in zip(members, values):
             run.store.commit_json(record_key(child), {"member": child, "fitness": value})
 
