@@ -46,8 +46,11 @@ def data(shape, classes, n, device):
     return torch.randn(n, *shape, generator=g).to(device), torch.randint(classes, (n,), generator=g).to(device)
 
 
-def hp(batch):
-    return {"optimizer": "nesterov", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "beta1": 0.9, "beta2": 0.999, "batch_size": batch}
+FAMILIES = ("sgd", "nesterov", "adam", "adamw", "rmsprop")
+
+
+def hp(batch, family="nesterov"):
+    return {"optimizer": family, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "beta1": 0.9, "beta2": 0.999, "batch_size": batch}
 
 
 def sequential(factory, x, y, batch, steps, models, device) -> float:
@@ -70,8 +73,11 @@ def sequential(factory, x, y, batch, steps, models, device) -> float:
     return total / (models * steps)
 
 
-def packed(factory, x, y, batch, steps, k, device, bf16) -> float:
-    """Seconds per individual-step of train_pack with k individuals (one epoch of `steps` steps)."""
+def packed(factory, x, y, batch, steps, k, device, bf16, mixed=False) -> float:
+    """Seconds per individual-step of train_pack with k individuals (one epoch of `steps` steps);
+    `mixed`: the five optimizer families, each family's individuals side by side as the train step
+    packs them, instead of Nesterov SGD for all."""
+    hps = [hp(batch, FAMILIES[i * len(FAMILIES) // k] if mixed else "nesterov") for i in range(k)]
     n = batch * steps
     task = Task(model=factory, train=(x[:n], y[:n]), fitness=(x[:batch], y[:batch]), eval_batch_size=batch)
     def once(steps_n):
@@ -79,7 +85,7 @@ def packed(factory, x, y, batch, steps, k, device, bf16) -> float:
         sub = (x[: batch * steps_n], y[: batch * steps_n])
         sync(device)
         began = time.perf_counter()
-        train_pack(pack, task, sub, task.fitness, [hp(batch)] * k, 1, [math.inf] * k, 1.0,
+        train_pack(pack, task, sub, task.fitness, hps, 1, [math.inf] * k, 1.0,
                    [(0, 0, f"m{i}") for i in range(k)], bf16=bf16)
         sync(device)
         return time.perf_counter() - began
@@ -132,6 +138,7 @@ def main() -> None:
     p.add_argument("--ks", default="1,8,32,64")
     p.add_argument("--steps", type=int, help="steps per measurement (default: 20 mlp / 5 resnet20 on cpu; 30 on cuda)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for packed training (CUDA)")
+    p.add_argument("--mixed-k", type=int, default=16, help="also time a pack of this many with five optimizer families (0: no)")
     p.add_argument("--quick", action="store_true", help="fewer steps and fewer configurations: minutes, not hours")
     p.add_argument("--generations", type=int, default=3, help="generations measured for the outside-share")
     args = p.parse_args()
@@ -160,6 +167,10 @@ def main() -> None:
             for k in model_ks:
                 t = min(packed(factory, x, y, batch, steps, k, device, args.bf16 and device.type == "cuda") for _ in range(repeats)) * per_epoch
                 print(f"| {device_name} | {name} | packed k={k}{' bf16' if args.bf16 and device.type == 'cuda' else ''} | {t:.4f} | {base / t:.1f}x |", flush=True)
+            if args.mixed_k and not cpu_resnet:
+                k = args.mixed_k
+                t = min(packed(factory, x, y, batch, steps, k, device, args.bf16 and device.type == "cuda", mixed=True) for _ in range(repeats)) * per_epoch
+                print(f"| {device_name} | {name} | packed k={k}, 5 optimizer families | {t:.4f} | {base / t:.1f}x |", flush=True)
     workloads = {  # the bundled task as shipped, and the same data with 16x the training work
         "digits MLP 32x2, 1 epoch": ({"hidden": 32}, 1),
         "digits MLP 256x3, 4 epochs": ({"hidden": 256, "depth": 3}, 4),
@@ -167,8 +178,8 @@ def main() -> None:
     for device_name in devices:
         for label, (task_args, epochs) in workloads.items():
             share, seconds = generation_share(device_name, args.generations, task_args, epochs)
-            print(f"local generation on {device_name}, {label} (mu=16, lambda=16, packed): "
-                  f"{seconds:.2f} s per generation, {share:.1%} outside training and fitness evaluation", flush=True)
+            print(f"local generation on {device_name}, {label} (mu=16, lambda=16, packed): {seconds:.3f} s per generation, "
+                  f"{share:.1%} outside training and fitness evaluation ({share * seconds / 32 * 1e3:.1f} ms per individual)", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,14 @@ whose schema it does not know, instead of misreading it.
 """
 
 import io
+import json
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_KEY = b"esgd.schema"
+PARTS_KEY = b"esgd.parts"  # merged files (history.parquet): the part keys they hold, in order
 
 MANIFEST = pa.schema(
     [
@@ -76,9 +79,24 @@ def from_parquet(data: bytes, schema: pa.Schema, what: str = "file") -> list[dic
     return read_table(data, schema, what).to_pylist()
 
 
-def concat(parts: list[bytes], schema: pa.Schema) -> bytes:
-    tables = [read_table(part, schema) for part in parts]
+def merge_parts(previous: bytes | None, part_keys: list[str], read: Callable[[str], bytes], schema: pa.Schema) -> bytes | None:
+    """One table of the parts (in the order of `part_keys`), with the keys it holds in its metadata;
+    None when `previous` (an earlier merge) holds exactly these parts already. When `previous`
+    holds the first of them, only the newer parts are read: a run's history is merged every
+    generation, and reading every part again would make each generation cost O(generations)."""
+    tables, done = [], []
+    if previous is not None:
+        table = read_table(previous, schema)
+        done = json.loads((table.schema.metadata or {}).get(PARTS_KEY, b"[]"))
+        if done == part_keys:
+            return None
+        if done == part_keys[: len(done)]:
+            tables.append(table)
+        else:  # a part was removed or is new in the middle: merge everything again
+            done = []
+    tables += [read_table(read(key), schema, key) for key in part_keys[len(done) :]]
+    tables = [t.replace_schema_metadata(schema.metadata) for t in tables]
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     sink = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(schema.metadata), sink)
+    pq.write_table(table.replace_schema_metadata({**schema.metadata, PARTS_KEY: json.dumps(part_keys).encode()}), sink)
     return sink.getvalue()

@@ -40,6 +40,7 @@ class Run:
         self.store, self.id, self.spec = store, run_id, spec
         self.device_name = device or spec.device  # as asked: "auto" may mean every local GPU
         self.device = resolve_device(self.device_name)
+        self.manifests: dict[str, list[dict]] = {}  # key -> rows: manifests never change once written
 
     @classmethod
     def open(cls, uri: str, device: str | None = None) -> "Run":

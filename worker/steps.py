@@ -8,7 +8,7 @@ import torch
 
 from esgd.core import hparams, keys
 from esgd.core.errors import InputError
-from esgd.core.manifest import HISTORY, MANIFEST, concat, from_parquet, to_parquet
+from esgd.core.manifest import HISTORY, MANIFEST, from_parquet, merge_parts, to_parquet
 from esgd.core.plan import pack_groups, rounds
 from esgd.core.rng import generator, int_seed
 from esgd.core.schedules import value_at
@@ -35,10 +35,14 @@ def _row(record: dict, role: str, born: int, parents: list[str], hp: dict | None
 
 
 def _manifest(run: Run, key: str) -> list[dict]:
-    try:
-        return from_parquet(run.store.get(key), MANIFEST, key)
-    except NotFound:
-        raise StoreError(f"{key} is not committed yet: run the earlier steps first") from None
+    """A manifest's rows. Manifests are written once (put_if_absent) and never change, so a
+    process reads each one once (the local executor runs every step in one process)."""
+    if key not in run.manifests:
+        try:
+            run.manifests[key] = from_parquet(run.store.get(key), MANIFEST, key)
+        except NotFound:
+            raise StoreError(f"{key} is not committed yet: run the earlier steps first") from None
+    return [dict(row) for row in run.manifests[key]]
 
 
 def _mark_elite(rows: list[dict], m: int) -> list[dict]:
@@ -123,6 +127,8 @@ def _train_rows(run: Run, rows: list[dict], slots: range, hp_of, epochs: int, ge
 
 def _train_group(run: Run, rows: list[dict], hps: list[dict], epochs: int, generation: int, record_key) -> None:
     spec = run.spec
+    order = sorted(range(len(rows)), key=lambda i: hps[i]["optimizer"])  # each family's rows side by side: PackedOptimizer
+    rows, hps = [rows[i] for i in order], [hps[i] for i in order]
     common = dict(
         task=run.task, train_data=run.train_data, fitness_data=run.fitness_data, epochs=epochs,
         p_backoff=1.0 if spec.mode == "single" else spec.sgd.backoff, halve_lr=spec.mode == "single",
@@ -301,8 +307,13 @@ def _history(run: Run, generation: int, survivors: list[dict], offspring: dict[i
 
 def rebuild_history(run: Run) -> None:
     """history.parquet at the run's root: all committed per-generation parts, in order."""
-    parts = [run.store.get(k) for k in run.store.list(f"{keys.run(run.id)}/history")]
-    run.store.put(keys.history(run.id), concat(parts, HISTORY))
+    try:
+        previous = run.store.get(keys.history(run.id))
+    except NotFound:
+        previous = None
+    merged = merge_parts(previous, run.store.list(f"{keys.run(run.id)}/history"), run.store.get, HISTORY)
+    if merged is not None:
+        run.store.put(keys.history(run.id), merged)
 
 
 # After the last generation ----------------------------------------------------------------------
