@@ -59,6 +59,10 @@ class S3Settings:
     concurrency: int = 10
     """ESGD_S3_CONCURRENCY: parallel connections of one large transfer. A streamed upload holds up
     to (concurrency + 2) parts in memory."""
+    objects: int = 4
+    """ESGD_S3_OBJECTS: independent objects (checkpoints, records) a step moves at once. Each costs
+    at least one round trip, and a few at once hide that latency; memory grows with it for models
+    larger than a part (up to objects x (concurrency + 2) parts in flight)."""
 
     @classmethod
     def from_env(cls) -> "S3Settings":
@@ -134,6 +138,7 @@ class S3Store(Store):
         except bex.BotoCoreError as error:  # e.g. a profile that does not exist, an invalid endpoint URL
             raise StoreError(f"cannot configure S3 for {self.uri}: {self._scrub(_one_line(error))}") from None
         self.endpoint = self._public(self.client.meta.endpoint_url)
+        self.objects_at_once = self.settings.objects
 
     @classmethod
     def from_uri(cls, uri: str) -> "S3Store":
@@ -156,7 +161,7 @@ class S3Store(Store):
         config = Config(
             region_name=self._session.region_name or "us-east-1",
             connect_timeout=self.settings.connect_timeout, read_timeout=read_timeout, retries=retries,
-            max_pool_connections=max(10, 2 * self.settings.concurrency), user_agent_extra="esgd",
+            max_pool_connections=self.settings.objects * max(10, self.settings.concurrency), user_agent_extra="esgd",
             s3={"addressing_style": style} if style else None,
         )
         client = self._session.client("s3", config=config)

@@ -265,3 +265,30 @@ def test_stores_are_usable_from_many_threads(store):
         t.join()
     assert not errors and len(store.list("t")) == 16
 
+
+
+def test_each_moves_a_few_objects_at_once_in_order_and_raises_the_first_error(store, monkeypatch):
+    assert store.objects_at_once == 4 and open_store("file:///tmp/x").objects_at_once == 1
+    monkeypatch.setenv("ESGD_S3_OBJECTS", "3")
+    assert S3Settings.from_env().objects == 3
+    threads, lock, both = set(), threading.Lock(), threading.Barrier(2, timeout=30)
+
+    def put(i):
+        with lock:
+            threads.add(threading.get_ident())
+        if i < 2:
+            both.wait()  # the first two run at the same time (one at a time would break the barrier)
+        store.put(f"each/{i:02d}", bytes([i]))
+        return i
+
+    assert store.each(put, range(12)) == list(range(12))
+    assert len(store.list("each")) == 12 and 2 <= len(threads) <= 4
+
+    def fails(i):
+        if i in (5, 9):
+            raise NotFound(f"item {i}")
+        store.put(f"after/{i:02d}", b"x")
+
+    with pytest.raises(NotFound, match="item 5"):
+        store.each(fails, range(12))
+    assert store.list("after")[:5] == [f"after/{i:02d}" for i in range(5)]  # the items before it are done

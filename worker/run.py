@@ -130,7 +130,7 @@ class Run:
         return model
 
     def load_pack(self, refs: list[dict]) -> Pack:
-        return Pack.from_checkpoints(self.template, [self.read_checkpoint(ref) for ref in refs])
+        return Pack.from_checkpoints(self.template, self.store.each(self.read_checkpoint, refs))
 
     def save_checkpoint(self, key: str, layout: checkpoint.Layout, vector: np.ndarray) -> dict:
         return self.store.put_blob(key, checkpoint.encode(layout, vector))

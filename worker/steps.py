@@ -115,7 +115,7 @@ def _train_rows(run: Run, rows: list[dict], slots: range, hp_of, epochs: int, ge
     while True:
         try:
             for group in pack_groups([hp["batch_size"] for hp in hps], size):
-                if not all(run.store.exists(record_key(rows[i]["member"])) for i in group):
+                if not all(run.store.each(run.store.exists, [record_key(rows[i]["member"]) for i in group])):
                     _train_group(run, [rows[i] for i in group], [hps[i] for i in group], epochs, generation, record_key)
             return
         except torch.cuda.OutOfMemoryError:
@@ -142,13 +142,16 @@ def _train_group(run: Run, rows: list[dict], hps: list[dict], epochs: int, gener
         pack = run.load_pack(rows)
         results = train_pack(pack, hps=hps, start_fitness=[r["fitness"] for r in rows], seeds=seeds, bf16=spec.pack.bf16, **common)
         trained = pack.checkpoints()
-    for row, weights, result in zip(rows, trained, results):
+
+    def commit(row: dict, weights: tuple, result) -> None:  # the checkpoint, then the record naming it
         key = record_key(row["member"])
         ref = run.save_checkpoint(key.removesuffix(".json") + f"/{attempt_id()}.arrow", *weights)
         run.store.commit_json(key, {
             "member": row["member"], **ref, "fitness": result.fitness, "fitness_before": row["fitness"],
             "hparams": result.hparams, "backoffs": result.backoffs, "epochs": epochs, "epoch_fitness": result.epoch_fitness,
         })
+
+    run.store.each(lambda item: commit(*item), zip(rows, trained, results))
 
 
 def train(run: Run, generation: int, members: tuple[int, int] | None = None) -> None:
@@ -163,14 +166,14 @@ def train(run: Run, generation: int, members: tuple[int, int] | None = None) -> 
 
 
 def _trained(run: Run, generation: int) -> list[dict]:
-    out = []
-    for row in _manifest(run, keys.parents(run.id, generation)):
+    def trained(row: dict) -> dict:
         try:
             rec = run.store.get_json(keys.train_record(run.id, generation, row["member"]))
         except NotFound:
             raise StoreError(f"member {row['member']} of generation {generation} is not trained yet") from None
-        out.append(dict(row, **_ref(rec), fitness=rec["fitness"], role="parent", hparams=json.dumps(rec["hparams"], sort_keys=True)))
-    return out
+        return dict(row, **_ref(rec), fitness=rec["fitness"], role="parent", hparams=json.dumps(rec["hparams"], sort_keys=True))
+
+    return run.store.each(trained, _manifest(run, keys.parents(run.id, generation)))
 
 
 def _pool(run: Run, generation: int, rnd: int) -> list[dict]:
@@ -188,18 +191,22 @@ def evolve(run: Run, generation: int, rnd: int) -> None:
     pool = _pool(run, generation, rnd)
     probabilities = roulette_weights(np.array([r["fitness"] for r in pool]), spec.evolution.roulette_floor)
     sigma = value_at(spec.evolution.sigma, generation, spec.generations)
-    for index in range(spec.population.offspring):
+
+    def offspring(index: int) -> None:
         child = keys.member_id(generation, rnd, index)
         key = keys.offspring_record(run.id, generation, rnd, child)
         if run.store.exists(key):
-            continue
+            return
         picks = pick_parents(generator(spec.seed, generation, child, "roulette"), probabilities, spec.population.rho)
         picks.sort(key=lambda j: (pool[j]["fitness"], j))
         parents = [pool[j] for j in picks]
-        # Parents stream from the store: memory holds a few chunks per parent, not µ models.
+        # Parents stream from the store: memory holds a few chunks per parent (of a few offspring
+        # at once: worker.threads), not µ models.
         pieces = ops.recombine_stream(run.store, parents, sigma, run.seed(generation, child))
         ref = run.store.put_stream(keys.offspring_checkpoint(run.id, generation, rnd, child, attempt_id()), pieces)
         run.store.commit_json(key, {"member": child, **ref, "parents": [p["member"] for p in parents], "sigma": sigma})
+
+    run.store.each(offspring, range(spec.population.offspring))
 
 
 def evaluate(run: Run, generation: int, rnd: int, offspring: tuple[int, int] | None = None) -> None:
@@ -212,30 +219,31 @@ def evaluate(run: Run, generation: int, rnd: int, offspring: tuple[int, int] | N
     record_key = lambda child: keys.fitness_record(run.id, generation, rnd, child)  # noqa: E731
     for group in pack_groups([0] * len(children), run.pack_size(len(children))):
         members = [children[i] for i in group]
-        if all(run.store.exists(record_key(child)) for child in members):
+        if all(run.store.each(run.store.exists, [record_key(child) for child in members])):
             continue
         try:
-            refs = [run.store.get_json(keys.offspring_record(run.id, generation, rnd, c)) for c in members]
+            refs = run.store.each(run.store.get_json, [keys.offspring_record(run.id, generation, rnd, c) for c in members])
         except NotFound:
             raise StoreError(f"offspring of round {rnd} are not committed yet: run evolve first") from None
         if len(refs) == 1:
             values = [fitness(run.load_model(refs[0]), run.task, run.fitness_data)]
         else:
             values = pack_fitness(run.load_pack(refs), run.task, run.fitness_data)
-        for child, value in zip(members, values):
-            run.store.commit_json(record_key(child), {"member": child, "fitness": value})
+        run.store.each(lambda item: run.store.commit_json(record_key(item[0]), {"member": item[0], "fitness": item[1]}),
+                    zip(members, values))
 
 
 def _offspring(run: Run, generation: int, rnd: int) -> list[dict]:
-    out = []
-    for index in range(run.spec.population.offspring):
+    def born(index: int) -> dict:
         child = keys.member_id(generation, rnd, index)
         try:
             rec = run.store.get_json(keys.offspring_record(run.id, generation, rnd, child))
             fit = run.store.get_json(keys.fitness_record(run.id, generation, rnd, child))
         except NotFound:
             raise StoreError(f"offspring {child} is not evaluated yet: run evolve and evaluate first") from None
-        out.append(dict(_row(dict(rec, fitness=fit["fitness"]), "offspring", generation, rec["parents"]), sigma=rec["sigma"]))
+        return dict(_row(dict(rec, fitness=fit["fitness"]), "offspring", generation, rec["parents"]), sigma=rec["sigma"])
+
+    out = run.store.each(born, range(run.spec.population.offspring))
     reference = _reference(run) if rnd == 0 else None  # once per generation, in its first round
     if reference is not None:
         out.append(dict(_row(reference, "reference", generation, []), member=keys.reference_id(generation, rnd), sigma=None))
