@@ -73,20 +73,22 @@ def sequential(factory, x, y, batch, steps, models, device) -> float:
     return total / (models * steps)
 
 
-def packed(factory, x, y, batch, steps, k, device, bf16, mixed=False) -> float:
+def packed(factory, x, y, batch, steps, k, device, bf16, mixed=False, compiled=False) -> float:
     """Seconds per individual-step of train_pack with k individuals (one epoch of `steps` steps);
     `mixed`: the five optimizer families, each family's individuals side by side as the train step
-    packs them, instead of Nesterov SGD for all."""
+    packs them, instead of Nesterov SGD for all. `compiled`: torch.compile, whose compilation the
+    warm-up pays (one template, so both packs share the compiled code, as a run's packs do)."""
+    template = factory().to(device)
     hps = [hp(batch, FAMILIES[i * len(FAMILIES) // k] if mixed else "nesterov") for i in range(k)]
     n = batch * steps
     task = Task(model=factory, train=(x[:n], y[:n]), fitness=(x[:batch], y[:batch]), eval_batch_size=batch)
     def once(steps_n):
-        pack = Pack.from_models([factory().to(device) for _ in range(k)])
+        pack = Pack.from_models([template] + [factory().to(device) for _ in range(k - 1)])
         sub = (x[: batch * steps_n], y[: batch * steps_n])
         sync(device)
         began = time.perf_counter()
         train_pack(pack, task, sub, task.fitness, hps, 1, [math.inf] * k, 1.0,
-                   [(0, 0, f"m{i}") for i in range(k)], bf16=bf16)
+                   [(0, 0, f"m{i}") for i in range(k)], bf16=bf16, compiled=compiled)
         sync(device)
         return time.perf_counter() - began
     once(2)  # warm-up (allocations, cudnn autotuning)
@@ -139,6 +141,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, help="steps per measurement (default: 20 mlp / 5 resnet20 on cpu; 30 on cuda)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for packed training (CUDA)")
     p.add_argument("--mixed-k", type=int, default=16, help="also time a pack of this many with five optimizer families (0: no)")
+    p.add_argument("--compile", action="store_true", help="also time packed training through torch.compile (pack.compile)")
     p.add_argument("--quick", action="store_true", help="fewer steps and fewer configurations: minutes, not hours")
     p.add_argument("--generations", type=int, default=3, help="generations measured for the outside-share")
     args = p.parse_args()
@@ -164,12 +167,15 @@ def main() -> None:
             repeats = 1 if cpu_resnet else 3  # best of a few: the CPU numbers are noisy
             base = min(sequential(factory, x, y, batch, steps, 2 if cpu_resnet else 4, device) for _ in range(repeats)) * per_epoch
             print(f"| {device_name} | {name} | sequential loop, fp32 | {base:.4f} | 1.0x |", flush=True)
+            bf16 = args.bf16 and device.type == "cuda"
             for k in model_ks:
-                t = min(packed(factory, x, y, batch, steps, k, device, args.bf16 and device.type == "cuda") for _ in range(repeats)) * per_epoch
-                print(f"| {device_name} | {name} | packed k={k}{' bf16' if args.bf16 and device.type == 'cuda' else ''} | {t:.4f} | {base / t:.1f}x |", flush=True)
+                for compiled in (False, True) if args.compile else (False,):
+                    t = min(packed(factory, x, y, batch, steps, k, device, bf16, compiled=compiled) for _ in range(repeats)) * per_epoch
+                    how = f"packed k={k}{' bf16' if bf16 else ''}{' compiled' if compiled else ''}"
+                    print(f"| {device_name} | {name} | {how} | {t:.4f} | {base / t:.1f}x |", flush=True)
             if args.mixed_k and not cpu_resnet:
                 k = args.mixed_k
-                t = min(packed(factory, x, y, batch, steps, k, device, args.bf16 and device.type == "cuda", mixed=True) for _ in range(repeats)) * per_epoch
+                t = min(packed(factory, x, y, batch, steps, k, device, bf16, mixed=True) for _ in range(repeats)) * per_epoch
                 print(f"| {device_name} | {name} | packed k={k}, 5 optimizer families | {t:.4f} | {base / t:.1f}x |", flush=True)
     workloads = {  # the bundled task as shipped, and the same data with 16x the training work
         "digits MLP 32x2, 1 epoch": ({"hidden": 32}, 1),

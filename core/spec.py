@@ -213,6 +213,12 @@ class PackSpec(_Model):
     step that shares a batch size, at most 64 (on a GPU halved until it fits in memory)."""
     bf16: bool = False
     """bf16 autocast for the forward pass of packed training (CUDA; fitness stays in full precision)."""
+    compile: bool = False
+    """torch.compile the packed training step (gradient and optimizer update). Compiling costs
+    seconds to a minute per process, once per model (again for a new pack size); then a step of a
+    small model runs up to 3x faster on the CPU (bench/packing.py --compile). For long runs. The
+    compiled step rounds differently, so its history matches the uncompiled one closely, not bit
+    for bit."""
 
     @field_validator("size")
     @classmethod

@@ -173,3 +173,27 @@ def test_a_checkpoint_of_another_architecture_does_not_fit_a_pack():
     weights = to_checkpoint(mlp(6, 8, 2, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="do not fit the model: missing .*wrong shape"):
         Pack.from_checkpoints(mlp(6, 9, 3, 2, dtype=torch.float64), [weights, weights])
+
+
+def test_a_compiled_pack_trains_as_the_uncompiled_one():
+    task = _task()
+    hps = [{"optimizer": f, "lr": 0.01 if f == "adam" else 0.05, "momentum": 0.9, "weight_decay": 1e-3,
+            "beta1": 0.9, "beta2": 0.99, "batch_size": 64} for f in ("adam", "adam", "nesterov", "nesterov")]
+    torch.manual_seed(0)
+    models = [task.model() for _ in hps]
+    start_fitness = [fitness(m, task, task.fitness) for m in models]
+    seeds = [(2, 0, f"m{i}") for i in range(len(hps))]
+    results, packs = [], []
+    for compiled in (False, True):
+        pack = Pack.from_checkpoints(task.model(), [to_checkpoint(m) for m in models])
+        results.append(train_pack(pack, task, task.train, task.fitness, hps, 2, start_fitness, 1.0, seeds, compiled=compiled))
+        packs.append(pack)
+    from torch._dynamo.utils import counters
+
+    assert counters["stats"]["unique_graphs"] >= 2  # the gradient and an update were compiled, not run eagerly
+    for eager, compiled in zip(*results):
+        assert compiled.backoffs == eager.backoffs
+        assert compiled.epoch_fitness == pytest.approx(eager.epoch_fitness, rel=1e-9)
+    assert torch.allclose(packs[1].flat, packs[0].flat, rtol=1e-9, atol=1e-12)
+    for name, buffer in packs[0].buffers.items():  # BatchNorm statistics too
+        assert torch.allclose(packs[1].buffers[name].double(), buffer.double(), rtol=1e-9, atol=1e-12), name

@@ -12,11 +12,13 @@ steps are in lockstep); the caller groups them.
 """
 
 import copy
+import functools
 import math
+import weakref
 
 import numpy as np
 import torch
-from torch.func import functional_call, vmap
+from torch.func import functional_call, grad, vmap
 
 from esgd.core.rng import generator, int_seed
 from esgd.store.checkpoint import Layout
@@ -25,6 +27,17 @@ from esgd.worker.train import TrainResult
 from esgd.worker.weights import stacked_state, to_checkpoints
 
 RMSPROP_ALPHA, EPS, ADAM_EPS = 0.99, 1e-8, 1e-8
+_BASES: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()  # template -> its stateless copy
+
+
+def _views(flat: torch.Tensor, shapes: dict, aliases: dict) -> dict[str, torch.Tensor]:
+    """Views of a [k, P] parameter matrix, shaped like each stacked parameter (tied ones under every name)."""
+    out, offset = {}, 0
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        out[name] = flat[:, offset : offset + n].reshape(len(flat), *shape)
+        offset += n
+    return out | {alias: out[name] for alias, name in aliases.items()}
 
 
 class Pack:
@@ -33,7 +46,9 @@ class Pack:
     def __init__(self, template: torch.nn.Module, state: dict[str, torch.Tensor]):
         """template: a model of the architecture (only its structure is used); state: the k
         individuals' parameters and buffers as stacked [k, ...] tensors, by name."""
-        self.base = copy.deepcopy(template).to("meta")
+        if template not in _BASES:  # shared by the packs of one template: compiled code is reused (see _gradient)
+            _BASES[template] = copy.deepcopy(template).to("meta")
+        self.base = _BASES[template]
         first: dict[int, str] = {}  # tied weights: every further name of a parameter is an alias
         source: dict[str, str] = {}  # ... and, as in load_state_dict, its last name's values win
         for name, p in template.named_parameters(remove_duplicate=False):
@@ -75,12 +90,7 @@ class Pack:
 
     def params(self) -> dict[str, torch.Tensor]:
         """Views of the parameter matrix, shaped like each stacked parameter."""
-        out, offset = {}, 0
-        for name, shape in self.shapes.items():
-            n = math.prod(shape)
-            out[name] = self.flat[:, offset : offset + n].reshape(self.k, *shape)
-            offset += n
-        return out | {alias: out[name] for alias, name in self.aliases.items()}
+        return _views(self.flat, self.shapes, self.aliases)
 
     def _call(self, params, buffers, x):
         return functional_call(self.base, (params, buffers), (x,))
@@ -98,6 +108,29 @@ class Pack:
         return [self.flat] + list(self.buffers.values())
 
 
+def _gradient(pack: Pack, loss, bf16: bool, compiled: bool):
+    """fn(flat, buffers, x, y): the gradient of the pack's summed training loss with respect to its
+    parameter matrix, on a batch per individual (x: [k, B, ...]); BatchNorm buffers are updated in
+    place. Kept on the pack's stateless module, one per loss, precision and compilation, so that
+    every pack of a run reuses what torch.compile made for the first (it compiles again only for a
+    new pack size or batch shape)."""
+    cache = pack.base.__dict__.setdefault("_esgd_gradients", {})
+    if (loss, bf16, compiled) not in cache:
+        base, shapes, aliases = pack.base, pack.shapes, pack.aliases
+
+        def total(flat, buffers, x, y):
+            call = lambda params, b, xi: functional_call(base, (params, b), (xi,))  # noqa: E731
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                losses = vmap(loss)(vmap(call, randomness="different")(_views(flat, shapes, aliases), buffers, x), y)
+            return losses.float().sum()
+
+        def eager(flat, buffers, x, y):  # autograd: faster than torch.func.grad uncompiled
+            return torch.autograd.grad(total(flat, buffers, x, y), [flat])[0]
+
+        cache[loss, bf16, compiled] = torch.compile(grad(total)) if compiled else eager
+    return cache[loss, bf16, compiled]
+
+
 def _column(values: list, like: torch.Tensor, dtype=None) -> torch.Tensor:
     """Per-individual values as a [k, 1] column that broadcasts against the [k, P] matrix."""
     return torch.tensor(values, device=like.device, dtype=dtype or like.dtype).reshape(-1, 1)
@@ -110,8 +143,9 @@ class PackedOptimizer:
     individuals next to each other in the pack, and its rows are updated in place, without the
     gather and scatter that cost as much as the backward pass of a small MLP."""
 
-    def __init__(self, flat: torch.Tensor, hps: list[dict]):
+    def __init__(self, flat: torch.Tensor, hps: list[dict], compiled: bool = False):
         self.flat = flat
+        self.update = _compiled_update() if compiled else _update
         family = [hp["optimizer"] for hp in hps]
         self.hp = {name: _column([hp[name] for hp in hps], flat) for name in ("lr", "momentum", "weight_decay", "beta1", "beta2")}
         self.hp["nesterov"] = _column([f == "nesterov" and hp["momentum"] > 0 for f, hp in zip(family, hps)], flat, torch.bool)
@@ -133,7 +167,7 @@ class PackedOptimizer:
         p = self.flat.detach()
         for family, rows in self.groups.items():
             state = {k: v[rows] for k, v in self.state.items()}
-            p[rows] = _update(family, p[rows], grad[rows], state, {k: v[rows] for k, v in self.hp.items()})
+            p[rows] = self.update(family, p[rows], grad[rows], state, {k: v[rows] for k, v in self.hp.items()})
             if isinstance(rows, torch.Tensor):  # indexing gathered copies: write the state back
                 for k, v in state.items():
                     self.state[k][rows] = v
@@ -165,6 +199,13 @@ def _update(family: str, p: torch.Tensor, g: torch.Tensor, s: dict, hp: dict) ->
     raise ValueError(f"unknown optimizer {family!r}")
 
 
+@functools.cache
+def _compiled_update():
+    """_update through torch.compile (one fused kernel per family); made on first use, since
+    importing the compiler costs seconds that uncompiled runs need not pay."""
+    return torch.compile(_update)
+
+
 @torch.no_grad()
 def pack_fitness(pack: Pack, task: Task, data: tuple[torch.Tensor, ...]) -> list[float]:
     """Fitness of every individual of the pack: mean loss on the fitness set, eval mode."""
@@ -191,13 +232,15 @@ def train_pack(
     seeds: list[tuple],
     halve_lr: bool = False,
     bf16: bool = False,
+    compiled: bool = False,
 ) -> list[TrainResult]:
-    """train.train for k individuals at once; the pack is updated in place.
-    Every individual must have the same batch size."""
+    """train.train for k individuals at once; the pack is updated in place. Every individual must
+    have the same batch size. `compiled`: torch.compile the gradient and the optimizer update."""
     batch_size = hps[0]["batch_size"]
     if any(hp["batch_size"] != batch_size for hp in hps):
         raise ValueError("a pack needs one batch size")
-    optimizer = PackedOptimizer(pack.flat, hps)
+    optimizer = PackedOptimizer(pack.flat, hps, compiled)
+    gradient = _gradient(pack, task.loss, bf16, compiled)
     inputs, targets = train_data
     device = inputs.device
     coins = [generator(*seed, "backoff") for seed in seeds]
@@ -213,10 +256,7 @@ def train_pack(
             torch.manual_seed(int_seed(*seeds[0], "dropout", epoch))
             for start in range(0, len(inputs), batch_size):
                 index = orders[:, start : start + batch_size]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    losses = vmap(task.loss)(pack.forward(inputs[index]), targets[index])
-                (grad,) = torch.autograd.grad(losses.float().sum(), [pack.flat])
-                optimizer.step(grad)
+                optimizer.step(gradient(pack.flat, pack.buffers, inputs[index], targets[index]))
         values = pack_fitness(pack, task, fitness_data)
         back = []
         for i, (value, coin, result) in enumerate(zip(values, coins, results)):

@@ -140,7 +140,8 @@ def _train_group(run: Run, rows: list[dict], hps: list[dict], epochs: int, gener
         trained = [to_checkpoint(model)]
     else:
         pack = run.load_pack(rows)
-        results = train_pack(pack, hps=hps, start_fitness=[r["fitness"] for r in rows], seeds=seeds, bf16=spec.pack.bf16, **common)
+        results = train_pack(pack, hps=hps, start_fitness=[r["fitness"] for r in rows], seeds=seeds,
+                             bf16=spec.pack.bf16, compiled=spec.pack.compile, **common)
         trained = pack.checkpoints()
 
     def commit(row: dict, weights: tuple, result) -> None:  # the checkpoint, then the record naming it
