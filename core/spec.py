@@ -214,11 +214,11 @@ class PackSpec(_Model):
     bf16: bool = False
     """bf16 autocast for the forward pass of packed training (CUDA; fitness stays in full precision)."""
     compile: bool = False
-    """torch.compile the packed training step (gradient and optimizer update). Compiling costs
-    seconds to a minute per process, once per model (again for a new pack size); then a step of a
-    small model runs up to 3x faster on the CPU (bench/packing.py --compile). For long runs. The
-    compiled step rounds differently, so its history matches the uncompiled one closely, not bit
-    for bit."""
+    """torch.compile the packed training step (gradient and optimizer update), for long runs:
+    compiling costs seconds to a minute per process (again for a new pack size or batch shape;
+    after 8 variants torch runs the step uncompiled). On 2 CPU cores it makes packs of small MLPs
+    1.1-2x faster and ResNet-20 slower (docs/PERFORMANCE.md). The compiled step rounds
+    differently, so its history matches the uncompiled one closely, not bit for bit."""
 
     @field_validator("size")
     @classmethod

@@ -30,6 +30,12 @@ RMSPROP_ALPHA, EPS, ADAM_EPS = 0.99, 1e-8, 1e-8
 _BASES: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()  # template -> its stateless copy
 
 
+def _forward(base: torch.nn.Module, params: dict, buffers: dict, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+    """The stateless module on stacked parameters and buffers: vmap over functional_call."""
+    call = lambda p, b, xi: functional_call(base, (p, b), (xi,))  # noqa: E731
+    return vmap(call, in_dims=(0, 0, None if shared else 0), randomness="different")(params, buffers, x)
+
+
 def _views(flat: torch.Tensor, shapes: dict, aliases: dict) -> dict[str, torch.Tensor]:
     """Views of a [k, P] parameter matrix, shaped like each stacked parameter (tied ones under every name)."""
     out, offset = {}, 0
@@ -92,12 +98,9 @@ class Pack:
         """Views of the parameter matrix, shaped like each stacked parameter."""
         return _views(self.flat, self.shapes, self.aliases)
 
-    def _call(self, params, buffers, x):
-        return functional_call(self.base, (params, buffers), (x,))
-
     def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
         """x: [k, B, ...] (one batch per individual), or [B, ...] shared by all when `shared`."""
-        return vmap(self._call, in_dims=(0, 0, None if shared else 0), randomness="different")(self.params(), self.buffers, x)
+        return _forward(self.base, self.params(), self.buffers, x, shared)
 
     def checkpoints(self) -> list[tuple[Layout, np.ndarray]]:
         """The k individuals as checkpoints, exactly as weights.to_checkpoint writes each model."""
@@ -119,9 +122,8 @@ def _gradient(pack: Pack, loss, bf16: bool, compiled: bool):
         base, shapes, aliases = pack.base, pack.shapes, pack.aliases
 
         def total(flat, buffers, x, y):
-            call = lambda params, b, xi: functional_call(base, (params, b), (xi,))  # noqa: E731
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-                losses = vmap(loss)(vmap(call, randomness="different")(_views(flat, shapes, aliases), buffers, x), y)
+                losses = vmap(loss)(_forward(base, _views(flat, shapes, aliases), buffers, x), y)
             return losses.float().sum()
 
         def eager(flat, buffers, x, y):  # autograd: faster than torch.func.grad uncompiled
