@@ -10,7 +10,7 @@ runs/<run>/gen-<k>/round-<r>/offspring/<id>/<attempt>.arrow
 runs/<run>/gen-<k>/round-<r>/fitness/<id>.json         offspring fitness (commit marker)
 runs/<run>/gen-<k>/round-<r>/selected.parquet          survivors of round r
 runs/<run>/history/gen-<k>.parquet                     history rows of generation k
-runs/<run>/history.parquet                             all history rows (rebuilt from the parts)
+runs/<run>/history.parquet                             all history rows (merged from the parts)
 runs/<run>/final/...                                   fine-tuning records and final manifest
 """
 
