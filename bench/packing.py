@@ -145,8 +145,6 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer steps and fewer configurations: minutes, not hours")
     p.add_argument("--generations", type=int, default=3, help="generations measured for the outside-share")
     args = p.parse_args()
-    if args.compile:  # every configuration here is a new model or pack size: compile each, not only the first 8
-        torch._dynamo.config.recompile_limit = 256
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
     ks = [int(k) for k in args.ks.split(",")]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "

@@ -87,12 +87,13 @@ def merge_parts(previous: bytes | None, part_keys: list[str], read: Callable[[st
     tables, done = [], []
     if previous is not None:
         table = read_table(previous, schema)
-        done = json.loads((table.schema.metadata or {}).get(PARTS_KEY, b"[]"))
+        held = (table.schema.metadata or {}).get(PARTS_KEY)  # absent: written before parts were recorded
+        done = json.loads(held) if held else None
         if done == part_keys:
             return None
-        if done == part_keys[: len(done)]:
+        if done is not None and done == part_keys[: len(done)]:
             tables.append(table)
-        else:  # a part was removed or is new in the middle: merge everything again
+        else:  # unknown parts, a part removed or new in the middle: merge everything again
             done = []
     tables += [read_table(read(key), schema, key) for key in part_keys[len(done) :]]
     tables = [t.replace_schema_metadata(schema.metadata) for t in tables]

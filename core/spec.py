@@ -215,10 +215,11 @@ class PackSpec(_Model):
     """bf16 autocast for the forward pass of packed training (CUDA; fitness stays in full precision)."""
     compile: bool = False
     """torch.compile the packed training step (gradient and optimizer update), for long runs:
-    compiling costs seconds to a minute per process (again for a new pack size or batch shape;
-    after 8 variants torch runs the step uncompiled). On 2 CPU cores it makes packs of small MLPs
-    1.1-2x faster and ResNet-20 slower (docs/PERFORMANCE.md). The compiled step rounds
-    differently, so its history matches the uncompiled one closely, not bit for bit."""
+    compiling costs seconds to a minute per process and model (shapes are dynamic, so new pack
+    sizes and batch shapes reuse it). On 2 CPU cores it makes packs of small MLPs 1.2-1.9x faster
+    and ResNet-20 slower (docs/PERFORMANCE.md). The compiled step rounds differently, so its
+    history matches the uncompiled one closely, not bit for bit; it does not depend on what the
+    process compiled before."""
 
     @field_validator("size")
     @classmethod

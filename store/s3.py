@@ -161,7 +161,8 @@ class S3Store(Store):
         config = Config(
             region_name=self._session.region_name or "us-east-1",
             connect_timeout=self.settings.connect_timeout, read_timeout=read_timeout, retries=retries,
-            max_pool_connections=self.settings.objects * max(10, self.settings.concurrency), user_agent_extra="esgd",
+            # objects at once, each with up to `concurrency` parts in flight plus the parents it reads
+            max_pool_connections=2 * self.settings.objects * max(10, self.settings.concurrency), user_agent_extra="esgd",
             s3={"addressing_style": style} if style else None,
         )
         client = self._session.client("s3", config=config)

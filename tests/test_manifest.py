@@ -35,3 +35,11 @@ def test_history_is_merged_again_when_the_earlier_merge_does_not_prefix_the_part
     merged = merge_parts(stale, ["gen-0", "gen-1", "gen-2"], lambda key: reads.append(key) or parts[key], HISTORY)
     assert reads == ["gen-0", "gen-1", "gen-2"]
     assert [r["generation"] for r in from_parquet(merged, HISTORY)] == [0] * 3 + [1] * 3 + [2] * 3
+
+
+def test_a_history_merged_without_its_part_list_is_merged_again():
+    parts = {f"gen-{g}": _part(g) for g in range(3)}
+    old = merge_parts(None, ["gen-0", "gen-1"], parts.get, HISTORY)
+    old = to_parquet(from_parquet(old, HISTORY), HISTORY)  # as older versions wrote it: no part list
+    merged = merge_parts(old, ["gen-0", "gen-1", "gen-2"], parts.get, HISTORY)
+    assert [r["generation"] for r in from_parquet(merged, HISTORY)] == [0] * 3 + [1] * 3 + [2] * 3

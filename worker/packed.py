@@ -129,7 +129,7 @@ def _gradient(pack: Pack, loss, bf16: bool, compiled: bool):
         def eager(flat, buffers, x, y):  # autograd: faster than torch.func.grad uncompiled
             return torch.autograd.grad(total(flat, buffers, x, y), [flat])[0]
 
-        cache[loss, bf16, compiled] = torch.compile(grad(total)) if compiled else eager
+        cache[loss, bf16, compiled] = _compiler()(grad(total)) if compiled else eager
     return cache[loss, bf16, compiled]
 
 
@@ -202,10 +202,24 @@ def _update(family: str, p: torch.Tensor, g: torch.Tensor, s: dict, hp: dict) ->
 
 
 @functools.cache
+def _compiler():
+    """torch.compile as packs need it, set up on first use (importing the compiler costs seconds
+    that uncompiled runs need not pay). Compiled and uncompiled code round differently, so which
+    code runs must not depend on what the process compiled before: shapes are dynamic from the
+    first call (not static first, dynamic after the first change), torch may keep more variants of
+    a function than its default 8 (five optimizer families, single-row packs), and running out
+    raises instead of falling back to uncompiled code."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = 64
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    return functools.partial(torch.compile, dynamic=True)
+
+
+@functools.cache
 def _compiled_update():
-    """_update through torch.compile (one fused kernel per family); made on first use, since
-    importing the compiler costs seconds that uncompiled runs need not pay."""
-    return torch.compile(_update)
+    """_update through torch.compile: one fused kernel per family."""
+    return _compiler()(_update)
 
 
 @torch.no_grad()
