@@ -214,12 +214,12 @@ class PackSpec(_Model):
     bf16: bool = False
     """bf16 autocast for the forward pass of packed training (CUDA; fitness stays in full precision)."""
     compile: bool = False
-    """torch.compile the packed training step (gradient and optimizer update), for long runs:
-    compiling costs seconds to a minute per process and model (shapes are dynamic, so new pack
-    sizes and batch shapes reuse it). On 2 CPU cores it makes packs of small MLPs 1.2-1.9x faster
-    and ResNet-20 slower (docs/PERFORMANCE.md). The compiled step rounds differently, so its
-    history matches the uncompiled one closely, not bit for bit; it does not depend on what the
-    process compiled before."""
+    """torch.compile the packed gradient (forward and backward), for long runs: torch compiles a
+    variant per batch size, last batch and pack size, a few seconds each, in every process (the
+    bundled digits spec: 2.7 minutes on 2 CPU cores, 1 minute with torch's disk cache warm,
+    against 6 s of uncompiled work). Then packs of small MLPs train 1.2-1.9x faster on the CPU, and
+    ResNet-20 slower (docs/PERFORMANCE.md). The compiled step rounds differently, so its history
+    matches the uncompiled one closely, not bit for bit."""
 
     @field_validator("size")
     @classmethod

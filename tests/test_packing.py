@@ -190,7 +190,7 @@ def test_a_compiled_pack_trains_as_the_uncompiled_one():
         packs.append(pack)
     from torch._dynamo.utils import counters
 
-    assert counters["stats"]["unique_graphs"] >= 2  # the gradient and an update were compiled, not run eagerly
+    assert counters["stats"]["unique_graphs"] >= 1  # the gradient was compiled, not run eagerly
     for eager, compiled in zip(*results):
         assert compiled.backoffs == eager.backoffs
         assert compiled.epoch_fitness == pytest.approx(eager.epoch_fitness, rel=1e-9)

@@ -111,6 +111,22 @@ class Pack:
         return [self.flat] + list(self.buffers.values())
 
 
+@functools.cache
+def _compiler():
+    """torch.compile as packs need it, set up on first use (importing the compiler costs seconds
+    that uncompiled runs need not pay). Compiled and uncompiled code round differently, so which
+    code runs must not depend on what the process compiled before: shapes are dynamic from the
+    first call (not static first, dynamic after the first change), torch may keep more variants of
+    a function than its default 8 (batch sizes, last batches, pack sizes), and running out raises
+    instead of falling back to uncompiled code. (The optimizer update stays uncompiled: compiling
+    it gained about 10 % and cost a variant per optimizer family.)"""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = 64
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    return functools.partial(torch.compile, dynamic=True)
+
+
 def _gradient(pack: Pack, loss, bf16: bool, compiled: bool):
     """fn(flat, buffers, x, y): the gradient of the pack's summed training loss with respect to its
     parameter matrix, on a batch per individual (x: [k, B, ...]); BatchNorm buffers are updated in
@@ -145,9 +161,8 @@ class PackedOptimizer:
     individuals next to each other in the pack, and its rows are updated in place, without the
     gather and scatter that cost as much as the backward pass of a small MLP."""
 
-    def __init__(self, flat: torch.Tensor, hps: list[dict], compiled: bool = False):
+    def __init__(self, flat: torch.Tensor, hps: list[dict]):
         self.flat = flat
-        self.update = _compiled_update() if compiled else _update
         family = [hp["optimizer"] for hp in hps]
         self.hp = {name: _column([hp[name] for hp in hps], flat) for name in ("lr", "momentum", "weight_decay", "beta1", "beta2")}
         self.hp["nesterov"] = _column([f == "nesterov" and hp["momentum"] > 0 for f, hp in zip(family, hps)], flat, torch.bool)
@@ -169,7 +184,7 @@ class PackedOptimizer:
         p = self.flat.detach()
         for family, rows in self.groups.items():
             state = {k: v[rows] for k, v in self.state.items()}
-            p[rows] = self.update(family, p[rows], grad[rows], state, {k: v[rows] for k, v in self.hp.items()})
+            p[rows] = _update(family, p[rows], grad[rows], state, {k: v[rows] for k, v in self.hp.items()})
             if isinstance(rows, torch.Tensor):  # indexing gathered copies: write the state back
                 for k, v in state.items():
                     self.state[k][rows] = v
@@ -201,26 +216,6 @@ def _update(family: str, p: torch.Tensor, g: torch.Tensor, s: dict, hp: dict) ->
     raise ValueError(f"unknown optimizer {family!r}")
 
 
-@functools.cache
-def _compiler():
-    """torch.compile as packs need it, set up on first use (importing the compiler costs seconds
-    that uncompiled runs need not pay). Compiled and uncompiled code round differently, so which
-    code runs must not depend on what the process compiled before: shapes are dynamic from the
-    first call (not static first, dynamic after the first change), torch may keep more variants of
-    a function than its default 8 (five optimizer families, single-row packs), and running out
-    raises instead of falling back to uncompiled code."""
-    import torch._dynamo
-
-    torch._dynamo.config.recompile_limit = 64
-    torch._dynamo.config.fail_on_recompile_limit_hit = True
-    return functools.partial(torch.compile, dynamic=True)
-
-
-@functools.cache
-def _compiled_update():
-    """_update through torch.compile: one fused kernel per family."""
-    return _compiler()(_update)
-
 
 @torch.no_grad()
 def pack_fitness(pack: Pack, task: Task, data: tuple[torch.Tensor, ...]) -> list[float]:
@@ -251,11 +246,11 @@ def train_pack(
     compiled: bool = False,
 ) -> list[TrainResult]:
     """train.train for k individuals at once; the pack is updated in place. Every individual must
-    have the same batch size. `compiled`: torch.compile the gradient and the optimizer update."""
+    have the same batch size. `compiled`: torch.compile the gradient (forward and backward)."""
     batch_size = hps[0]["batch_size"]
     if any(hp["batch_size"] != batch_size for hp in hps):
         raise ValueError("a pack needs one batch size")
-    optimizer = PackedOptimizer(pack.flat, hps, compiled)
+    optimizer = PackedOptimizer(pack.flat, hps)
     gradient = _gradient(pack, task.loss, bf16, compiled)
     inputs, targets = train_data
     device = inputs.device
