@@ -12,11 +12,9 @@ writes one checkpoint and one record per individual; the setting is how many it 
 import argparse
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from s3_server import bench_bucket
 
 
 def seconds_per_generation(bucket: str, objects: int, generations: int) -> float:
@@ -41,23 +39,10 @@ def main() -> int:
     p.add_argument("--generations", type=int, default=3, help="generations timed per setting")
     p.add_argument("--bucket", help="use this bucket of the server the AWS_* environment points at")
     args = p.parse_args()
-    server, scratch = None, None
-    if args.bucket is None:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from seaweed import Seaweed
-
-        scratch = tempfile.TemporaryDirectory(prefix="esgd-bench-")
-        server = Seaweed(Path(scratch.name)).start()
-        os.environ.update(server.env)
-        args.bucket = server.create_bucket("bench")
-    try:
+    with bench_bucket(args.bucket) as bucket:
         for objects in (1, 4, 8, 1, 4):
-            print(f"ESGD_S3_OBJECTS={objects}: {seconds_per_generation(args.bucket, objects, args.generations):.3f} s per generation",
+            print(f"ESGD_S3_OBJECTS={objects}: {seconds_per_generation(bucket, objects, args.generations):.3f} s per generation",
                   flush=True)
-    finally:
-        if server:
-            server.stop(kill=True)
-            scratch.cleanup()
     return 0
 
 

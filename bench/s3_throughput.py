@@ -12,16 +12,12 @@ against the same server. Prints the median MB/s of each and the ratio S3Store / 
 
 import argparse
 import io
-import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from s3_server import bench_bucket
 
 
 def checkpoint_bytes(mb: int) -> bytes:
@@ -85,21 +81,8 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=5, help="transfers of each kind (median reported)")
     p.add_argument("--bucket", help="use this bucket of the server the AWS_* environment points at")
     args = p.parse_args()
-    server, scratch = None, None
-    if args.bucket is None:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from seaweed import Seaweed
-
-        scratch = tempfile.TemporaryDirectory(prefix="esgd-bench-")
-        server = Seaweed(Path(scratch.name)).start()
-        os.environ.update(server.env)
-        args.bucket = server.create_bucket("bench")
-    try:
-        result = bench(args.bucket, args.mb, args.repeat)
-    finally:
-        if server:
-            server.stop(kill=True)
-            scratch.cleanup()
+    with bench_bucket(args.bucket) as bucket:
+        result = bench(bucket, args.mb, args.repeat)
     r = result["rates"]
     print(f"checkpoint {result['mb']:.0f} MB, {args.repeat} transfers each, median; S3Store {result['settings']}")
     for name, rate in r.items():
