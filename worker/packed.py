@@ -27,6 +27,7 @@ from esgd.worker.train import TrainResult
 from esgd.worker.weights import stacked_state, to_checkpoints
 
 RMSPROP_ALPHA, EPS, ADAM_EPS = 0.99, 1e-8, 1e-8
+STATE = {"sgd": ("buf",), "nesterov": ("buf",), "adam": ("m", "v"), "adamw": ("m", "v"), "rmsprop": ("v", "buf")}  # [k, P] each
 _BASES: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()  # template -> its stateless copy
 
 
@@ -173,7 +174,8 @@ class PackedOptimizer:
             rows = [i for i, x in enumerate(family) if x == f]
             adjacent = rows == list(range(rows[0], rows[-1] + 1))
             self.groups[f] = slice(rows[0], rows[-1] + 1) if adjacent else torch.tensor(rows, device=flat.device)
-        self.state = {"buf": torch.zeros_like(flat), "m": torch.zeros_like(flat), "v": torch.zeros_like(flat)}
+        needed = {name for f in family for name in STATE.get(f, ())}  # only the state the pack's families use
+        self.state = {name: torch.zeros_like(flat) for name in ("buf", "m", "v") if name in needed}
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.hp["step"], *self.state.values()]

@@ -85,7 +85,8 @@ class Run:
     @cached_property
     def memory_per_individual(self) -> int:
         """CUDA bytes one packed individual needs: one measured training step of one model at the
-        largest batch size, plus optimizer state and the back-off snapshot (4 copies of the weights)."""
+        largest batch size (weights, gradient, activations), plus up to 3 optimizer states and the
+        back-off snapshot of the weights and states: at most 7 more copies of the weights."""
         data = self.train_data  # on the device before measuring: shared by the pack, not per individual
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
@@ -95,7 +96,7 @@ class Run:
         self.task.loss(model(data[0][:batch]), data[1][:batch]).backward()
         peak = torch.cuda.max_memory_allocated(self.device) - before
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        return peak + 4 * weights
+        return peak + 7 * weights
 
     @cached_property
     def packable(self) -> bool:
