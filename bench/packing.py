@@ -4,12 +4,14 @@ For each device (cpu, and cuda when present) and model (an MLP, ResNet-20 on CIF
 times, with the same model, data (already on the device) and batch size:
   - sequential: a plain PyTorch loop, one model at a time, torch.optim SGD with Nesterov, fp32;
   - packed k:   esgd.worker.packed.train_pack with k individuals (k in --ks), one epoch each,
-                including its per-epoch fitness evaluation and back-off bookkeeping;
+                including its per-epoch fitness evaluation and back-off bookkeeping; with
+                --compile also through torch.compile, and with --mixed-k a pack of five
+                optimizer families;
 and prints seconds per individual-epoch and the speed-up over the sequential loop. An epoch is
 50,000 examples for ResNet-20 (CIFAR-10) and 1,257 for the MLPs (the bundled digits task); each
 measurement runs a few steps and scales to the epoch.
 Then it runs whole local generations of the bundled task and prints the share of time spent
-outside training and fitness evaluation.
+outside training and fitness evaluation, and that time per individual.
 
   python bench/packing.py                   # everything available (slow on a CPU: use --quick)
   python bench/packing.py --quick           # a few minutes on one GPU or on 2 CPU cores

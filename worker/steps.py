@@ -201,8 +201,8 @@ def evolve(run: Run, generation: int, rnd: int) -> None:
         picks = pick_parents(generator(spec.seed, generation, child, "roulette"), probabilities, spec.population.rho)
         picks.sort(key=lambda j: (pool[j]["fitness"], j))
         parents = [pool[j] for j in picks]
-        # Parents stream from the store: memory holds a few chunks per parent (of a few offspring
-        # at once: worker.threads), not µ models.
+        # Parents stream from the store: memory holds a few chunks per parent (of the few offspring
+        # that Store.each makes at once), not µ models.
         pieces = ops.recombine_stream(run.store, parents, sigma, run.seed(generation, child))
         ref = run.store.put_stream(keys.offspring_checkpoint(run.id, generation, rnd, child, attempt_id()), pieces)
         run.store.commit_json(key, {"member": child, **ref, "parents": [p["member"] for p in parents], "sigma": sigma})
@@ -230,8 +230,8 @@ def evaluate(run: Run, generation: int, rnd: int, offspring: tuple[int, int] | N
             values = [fitness(run.load_model(refs[0]), run.task, run.fitness_data)]
         else:
             values = pack_fitness(run.load_pack(refs), run.task, run.fitness_data)
-        run.store.each(lambda item: run.store.commit_json(record_key(item[0]), {"member": item[0], "fitness": item[1]}),
-                    zip(members, values))
+        records = [(record_key(child), {"member": child, "fitness": value}) for child, value in zip(members, values)]
+        run.store.each(lambda record: run.store.commit_json(*record), records)
 
 
 def _offspring(run: Run, generation: int, rnd: int) -> list[dict]:
