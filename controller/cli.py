@@ -48,7 +48,7 @@ def _report(args) -> int:
     from esgd.controller.report import json_lines, load, plots
 
     store, run_id = open_run(args.run)
-    summaries, final = load(store, run_id)
+    _, summaries, final = load(store, run_id)
     if args.json:
         print(json_lines(summaries))
         return 0

@@ -38,8 +38,6 @@ def compare(spec: RunSpec, store_uri: str | None, base: str | None = None, devic
     from esgd.controller.local import execute
     from esgd.controller.report import load
     from esgd.controller.runs import create_or_resume
-    from esgd.core.manifest import HISTORY, from_parquet
-    from esgd.core import keys
     from esgd.store.uri import open_store, run_uri
     from esgd.worker.run import Run
 
@@ -54,8 +52,7 @@ def compare(spec: RunSpec, store_uri: str | None, base: str | None = None, devic
         began = time.perf_counter()
         execute(Run(store, run_id, mode_spec, device), progress=progress)
         progress(f"{mode}: {time.perf_counter() - began:.1f}s")
-        summaries, final = load(store, run_id)
-        rows = from_parquet(store.get(keys.history(run_id)), HISTORY)
+        rows, summaries, final = load(store, run_id)
         last = summaries[-1]
         results.append({
             "mode": mode,

@@ -36,9 +36,9 @@ import pyarrow.parquet as pq
 
 from esgd.core import keys
 from esgd.core.errors import InputError
-from esgd.core.manifest import HISTORY, SCHEMA_KEY, from_parquet
+from esgd.controller.report import read_final, read_history
+from esgd.core.manifest import HISTORY, SCHEMA_KEY
 from esgd.core.spec import load_spec
-from esgd.store.base import NotFound, Store, StoreError
 
 HP = ("optimizer", "lr", "momentum", "weight_decay", "beta1", "beta2", "batch_size")
 LINEAGE = pa.schema(
@@ -67,20 +67,12 @@ def _when(row: dict) -> tuple[int, int]:
     return row["generation"], row["round"]
 
 
-def read_history(store: Store, run_id: str) -> list[dict]:
-    try:
-        return from_parquet(store.get(keys.history(run_id)), HISTORY)
-    except NotFound:
-        raise StoreError(f"run {run_id} has no committed generation in {store.uri}") from None
-
-
-def winner(store: Store, run_id: str, rows: list[dict]) -> str:
-    """The run's answer (final/summary.json), else the best survivor of the last generation."""
-    try:
-        return store.get_json(keys.final_summary(run_id))["best_member"]
-    except NotFound:
-        last = max(r["generation"] for r in rows)
-        return min((r for r in rows if r["generation"] == last and r["selected"]), key=lambda r: r["fitness"])["member"]
+def winner(final: dict | None, rows: list[dict]) -> str:
+    """The run's answer (its final summary), else the best survivor of the last generation."""
+    if final is not None:
+        return final["best_member"]
+    last = max(r["generation"] for r in rows)
+    return min((r for r in rows if r["generation"] == last and r["selected"]), key=lambda r: r["fitness"])["member"]
 
 
 def lineage(rows: list[dict], member: str) -> Lineage:
@@ -254,7 +246,7 @@ def replay(run, member: str | None = None) -> tuple[list[dict], "object", Lineag
     from esgd.worker.train import fitness, train
 
     rows = read_history(run.store, run.id)
-    lin = lineage(rows, member or winner(run.store, run.id, rows))
+    lin = lineage(rows, member or winner(read_final(run.store, run.id), rows))
     first, spec = lin.line[0], run.spec
     if first in lin.births:
         record = run.store.get_json(keys.reference(run.id))
@@ -303,12 +295,8 @@ def open_lineage(uri: str, member: str | None) -> tuple[Lineage, str, dict | Non
     from esgd.store.uri import open_run
 
     store, run_id = open_run(uri)
-    rows = read_history(store, run_id)
-    target = member or winner(store, run_id, rows)
-    try:
-        final = store.get_json(keys.final_summary(run_id))
-    except NotFound:
-        final = None
+    rows, final = read_history(store, run_id), read_final(store, run_id)
+    target = member or winner(final, rows)
     lin = lineage(rows, target)
     fit = [r["fitness"] for r in lin.rows if r["member"] == target]
     title = f"run {run_id}, member {target}" + (" (the winner)" if final and final["best_member"] == target else "")

@@ -10,18 +10,30 @@ from esgd.core.spec import load_spec
 from esgd.store.base import NotFound, Store, StoreError
 
 
-def load(store: Store, run_id: str) -> tuple[list[dict], dict | None]:
-    """(per-generation summaries, final summary or None)."""
+def read_history(store: Store, run_id: str) -> list[dict]:
+    """The run's history rows; StoreError before its first generation is committed."""
     try:
-        spec = load_spec(store.get(keys.spec(run_id)).decode())
-        rows = from_parquet(store.get(keys.history(run_id)), HISTORY)
+        return from_parquet(store.get(keys.history(run_id)), HISTORY)
     except NotFound:
         raise StoreError(f"run {run_id} has no committed generation in {store.uri}") from None
+
+
+def read_final(store: Store, run_id: str) -> dict | None:
+    """The run's final summary (best member, fitness, metric), or None before its finish step."""
     try:
-        final = store.get_json(keys.final_summary(run_id))
+        return store.get_json(keys.final_summary(run_id))
     except NotFound:
-        final = None
-    return summarize(rows, spec.m), final
+        return None
+
+
+def load(store: Store, run_id: str) -> tuple[list[dict], list[dict], dict | None]:
+    """(history rows, per-generation summaries, final summary or None)."""
+    try:
+        spec = load_spec(store.get(keys.spec(run_id)).decode())
+    except NotFound:
+        raise StoreError(f"run {run_id} has no committed generation in {store.uri}") from None
+    rows = read_history(store, run_id)
+    return rows, summarize(rows, spec.m), read_final(store, run_id)
 
 
 def json_lines(summaries: list[dict]) -> str:
