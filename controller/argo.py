@@ -184,11 +184,9 @@ class Controller:
             else:
                 self.log(f"found {name} from an earlier start; waiting for it")
             outcome, reason = self.wait(name)
-            if outcome != "Succeeded" and next_phase(self.run) != phase:
-                return  # committed all the same: e.g. a successful Workflow deleted (TTL) before we saw it
+            if next_phase(self.run) != phase:
+                return  # committed (also when the outcome says otherwise: e.g. a successful Workflow deleted by its TTL)
             if outcome == "Succeeded":
-                if next_phase(self.run) != phase:
-                    return
                 raise ClusterRunError(
                     f"{name} succeeded but {describe(phase)} is not committed in {self.run.uri}: "
                     "do the pods and the controller use the same store?"
