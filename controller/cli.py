@@ -6,18 +6,9 @@ import sys
 from pathlib import Path
 
 from esgd.core.errors import InputError
-from esgd.core.spec import RunSpec, SpecError, dump_spec, json_schema, load_spec
+from esgd.core.spec import dump_spec, json_schema, load_spec, read_spec
 from esgd.store.base import StoreError
 from esgd.store.uri import open_run, open_store, run_uri
-
-
-def read_spec(path: str, overrides: list[str] | None) -> RunSpec:
-    """A spec file with `--set` overrides applied; SpecError (exit 2) if unreadable or invalid."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise SpecError(f"cannot read spec {path}: {error.strerror}") from None
-    return load_spec(text, overrides or [])
 
 
 def _run(args) -> int:

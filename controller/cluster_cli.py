@@ -5,17 +5,14 @@ import sys
 from pathlib import Path
 
 from esgd.core import keys
-from esgd.core.spec import RunSpec, SpecError, dump_spec, load_spec
+from esgd.core.spec import RunSpec, SpecError, dump_spec, load_spec, read_spec_text
 from esgd.workflows import names
 from esgd.workflows.settings import load_settings
 
 
 def _spec(path: str, overrides: list[str] | None) -> tuple[RunSpec, str]:
     """The spec and the text to ship: the file as written, or the resolved spec when --set is used."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise SpecError(f"cannot read spec {path}: {error.strerror}") from None
+    text = read_spec_text(path)
     spec = load_spec(text, overrides or [])
     return spec, (dump_spec(spec) if overrides else text)
 

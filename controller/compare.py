@@ -126,13 +126,9 @@ def plots(results: list[dict], out: Path, title: str) -> list[Path]:
 
 def main(args) -> int:
     """The `esgd compare` command."""
-    from esgd.core.spec import SpecError, load_spec
+    from esgd.core.spec import SpecError, read_spec
 
-    try:
-        text = Path(args.spec).read_text()
-    except OSError as error:
-        raise SpecError(f"cannot read spec {args.spec}: {error.strerror}") from None
-    spec = load_spec(text, args.set or [])
+    spec = read_spec(args.spec, args.set)
     modes = tuple(args.modes.split(",")) if args.modes else MODES
     unknown = [m for m in modes if m not in MODES]
     if unknown:

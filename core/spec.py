@@ -332,6 +332,20 @@ def load_spec(text: str, overrides: list[str] = ()) -> RunSpec:
     return parse_spec(apply_overrides(data, list(overrides)))
 
 
+def read_spec_text(path: str) -> str:
+    """A spec file's text; SpecError (exit 2) naming the file when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise SpecError(f"cannot read spec {path}: {error.strerror}") from None
+
+
+def read_spec(path: str, overrides: list[str] | None = None) -> RunSpec:
+    """A spec file with `--set` overrides applied; SpecError (exit 2) if unreadable or invalid."""
+    return load_spec(read_spec_text(path), overrides or [])
+
+
 def dump_spec(spec: RunSpec) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
 
