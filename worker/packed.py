@@ -271,18 +271,11 @@ def train_pack(
                 index = orders[:, start : start + batch_size]
                 optimizer.step(gradient(pack.flat, pack.buffers, inputs[index], targets[index]))
         values = pack_fitness(pack, task, fitness_data)
-        back = []
-        for i, (value, coin, result) in enumerate(zip(values, coins, results)):
-            draw = coin.random()
-            if value > result.fitness and draw < p_backoff:
-                back.append(i)
-                result.backoffs += 1
-                if halve_lr:
-                    result.hparams["lr"] /= 2
-                    optimizer.hp["lr"][i] /= 2
-            else:
-                result.fitness = value
-            result.epoch_fitness.append(result.fitness)
+        back = [i for i, (value, coin, result) in enumerate(zip(values, coins, results))
+                if result.end_epoch(value, coin.random(), p_backoff, halve_lr)]
+        if halve_lr:
+            for i in back:
+                optimizer.hp["lr"][i] /= 2
         if back:
             rows = torch.tensor(back, device=device)
             with torch.no_grad():

@@ -24,16 +24,21 @@ def make_optimizer(params, hp: dict) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+def _batch_mean(fn, task: Task, data: tuple[torch.Tensor, ...]) -> float:
+    """Mean of fn(x, y) over the evaluation batches of `data`, weighted by batch size."""
+    inputs, targets = data
+    total = 0.0
+    for start in range(0, len(inputs), task.eval_batch_size):
+        x, y = inputs[start : start + task.eval_batch_size], targets[start : start + task.eval_batch_size]
+        total += float(fn(x, y)) * len(x)
+    return total / len(inputs)
+
+
 @torch.no_grad()
 def fitness(model: torch.nn.Module, task: Task, data: tuple[torch.Tensor, ...]) -> float:
     """Mean loss on the fitness set, eval mode, no grad; non-finite losses count as +inf."""
     model.eval()
-    inputs, targets = data
-    total, n = 0.0, len(inputs)
-    for start in range(0, n, task.eval_batch_size):
-        x, y = inputs[start : start + task.eval_batch_size], targets[start : start + task.eval_batch_size]
-        total += float(task.loss(model(x), y)) * len(x)
-    value = total / n
+    value = _batch_mean(lambda x, y: task.loss(model(x), y), task, data)
     return value if math.isfinite(value) else math.inf
 
 
@@ -46,12 +51,7 @@ def metric(model: torch.nn.Module, task: Task, data: tuple[torch.Tensor, ...], f
     if task.metric is None:
         return None
     model.eval()
-    inputs, targets = data
-    total = 0.0
-    for start in range(0, len(inputs), task.eval_batch_size):
-        x, y = inputs[start : start + task.eval_batch_size], targets[start : start + task.eval_batch_size]
-        total += float(task.metric(model(x), y)) * len(x)
-    return total / len(inputs)
+    return _batch_mean(lambda x, y: task.metric(model(x), y), task, data)
 
 
 @dataclass
@@ -60,6 +60,20 @@ class TrainResult:
     hparams: dict  # as trained with (single mode: lr after halvings)
     backoffs: int = 0
     epoch_fitness: list[float] = field(default_factory=list)
+
+    def end_epoch(self, value: float, draw: float, p_backoff: float, halve_lr: bool) -> bool:
+        """Record an epoch whose fitness is `value`; True when it backs off (worse than before and
+        draw < p_backoff): the caller then restores the epoch's start, and with halve_lr trains on
+        with hparams["lr"], halved here."""
+        back = value > self.fitness and draw < p_backoff
+        if back:
+            self.backoffs += 1
+            if halve_lr:
+                self.hparams["lr"] /= 2
+        else:
+            self.fitness = value
+        self.epoch_fitness.append(self.fitness)
+        return back
 
 
 def train(
@@ -78,10 +92,9 @@ def train(
     the previous epoch's weights and optimizer state with probability p_backoff (1: strict).
     With halve_lr (the `single` mode) the lr is also halved. `seed` = (seed, generation, member)."""
     optimizer = make_optimizer(model.parameters(), hp)
-    hp = dict(hp)
     inputs, targets = train_data
     coin = generator(*seed, "backoff")
-    result = TrainResult(start_fitness, hp)
+    result = TrainResult(start_fitness, dict(hp))
     for epoch in range(epochs):
         saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
         order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(int_seed(*seed, "data", epoch)))
@@ -95,16 +108,11 @@ def train(
                 task.loss(model(inputs[batch]), targets[batch]).backward()
                 optimizer.step()
         value = fitness(model, task, fitness_data)
-        draw = coin.random()  # drawn every epoch, so later draws never depend on earlier outcomes
-        if value > result.fitness and draw < p_backoff:
+        # The coin is drawn every epoch, so later draws never depend on earlier outcomes.
+        if result.end_epoch(value, coin.random(), p_backoff, halve_lr):
             model.load_state_dict(saved_model)
             optimizer.load_state_dict(saved_opt)
-            result.backoffs += 1
             if halve_lr:
-                hp["lr"] /= 2
                 for group in optimizer.param_groups:
-                    group["lr"] = hp["lr"]
-        else:
-            result.fitness = value
-        result.epoch_fitness.append(result.fitness)
+                    group["lr"] = result.hparams["lr"]
     return result
