@@ -84,9 +84,8 @@ def write(store_uri: str, name: str, kind: str, splits: dict[str, Iterable[pa.Ta
             sink = io.BytesIO()
             pq.write_table(table, sink)
             data = sink.getvalue()
-            key = f"{split}/{attempt}/part-{index:05d}.parquet"
-            store.put(key, data)
-            shards.append({"key": key, "rows": table.num_rows, "size": len(data), "sha256": sha256(data)})
+            ref = store.put_blob(f"{split}/{attempt}/part-{index:05d}.parquet", data)
+            shards.append({"key": ref["checkpoint"], "rows": table.num_rows, "size": ref["size"], "sha256": ref["sha256"]})
         out["splits"][split] = shards
     store.put(MANIFEST, json.dumps(out, indent=1, sort_keys=True).encode())
     return root, out
