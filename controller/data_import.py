@@ -220,8 +220,7 @@ def speech_tables(utt: np.ndarray, x: np.ndarray, y: np.ndarray, frames: np.ndar
     position = np.arange(len(utt)) if frames is None else np.asarray(frames)
     order = np.lexsort((np.arange(len(utt)), position, first[inverse]))
     utt, x, y = utt[order], x[order].astype(np.float32), y[order]
-    starts = np.r_[0, np.flatnonzero(utt[1:] != utt[:-1]) + 1]
-    frame_index = np.arange(len(utt)) - np.repeat(starts, np.diff(np.r_[starts, len(utt)]))
+    frame_index = np.arange(len(utt)) - np.repeat(*dataset.runs(utt))
     for begin in range(0, max(len(utt), 1), rows):
         part = slice(begin, begin + rows)
         feats = pa.FixedSizeListArray.from_arrays(pa.array(x[part].reshape(-1), pa.float32()), x.shape[1])

@@ -19,6 +19,7 @@ import json
 from functools import lru_cache
 from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -68,6 +69,15 @@ def read_split(uri: str, kind: str, split: str, columns: list[str] | None = None
 
 def has_split(uri: str, kind: str, split: str) -> bool:
     return split in manifest(uri, kind)["splits"]
+
+
+def runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first index, length) of each run of equal consecutive values: the utterances of frames
+    stored utterance by utterance."""
+    change = np.ones(len(values), dtype=bool)
+    change[1:] = values[1:] != values[:-1]
+    starts = np.flatnonzero(change)
+    return starts, np.diff(np.append(starts, len(values)))
 
 
 def write(store_uri: str, name: str, kind: str, splits: dict[str, Iterable[pa.Table]], meta: dict | None = None) -> tuple[str, dict]:

@@ -48,11 +48,7 @@ def frames(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     column = table.column("features").combine_chunks()
     x = column.flatten().to_numpy().astype(np.float32).reshape(len(column), -1)
     y = table.column("label").to_numpy().astype(np.int64)
-    utt = table.column("utterance").to_numpy(zero_copy_only=False)
-    change = np.ones(len(utt), dtype=bool)
-    change[1:] = utt[1:] != utt[:-1]
-    starts = np.flatnonzero(change)
-    lengths = np.diff(np.append(starts, len(utt)))
+    starts, lengths = dataset.runs(table.column("utterance").to_numpy(zero_copy_only=False))
     return x, y, np.repeat(starts, lengths), np.repeat(starts + lengths - 1, lengths)
 
 
