@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import uuid
+from urllib.parse import urlparse
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,12 @@ def attempt_id() -> str:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def redacted(url: str) -> str:
+    """The URL without any user:password@ part, for messages."""
+    parts = urlparse(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else url
 
 
 class Store(ABC):

@@ -30,7 +30,7 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
 
-from esgd.store.base import NotFound, Store, StoreError
+from esgd.store.base import NotFound, Store, StoreError, redacted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,7 +137,7 @@ class S3Store(Store):
             self.client = self._client(self.settings.read_timeout, None)
         except bex.BotoCoreError as error:  # e.g. a profile that does not exist, an invalid endpoint URL
             raise StoreError(f"cannot configure S3 for {self.uri}: {self._scrub(_one_line(error))}") from None
-        self.endpoint = self._public(self.client.meta.endpoint_url)
+        self.endpoint = redacted(self.client.meta.endpoint_url or "")
         self.objects_at_once = self.settings.objects
 
     @classmethod
@@ -175,12 +175,6 @@ class S3Store(Store):
             return (self._session._session.get_scoped_config().get("s3") or {}).get("addressing_style")
         except Exception:  # noqa: BLE001 - an unreadable profile shows up on the first request
             return None
-
-    @staticmethod
-    def _public(url: str | None) -> str:
-        """The endpoint URL without any user:password part."""
-        parsed = urlparse(url or "")
-        return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
 
     def _scrub(self, text: str) -> str:
         try:
@@ -382,8 +376,8 @@ class S3Store(Store):
         name = self._key(key)
         head = [next(parts, b""), next(parts, b"")]
         if not head[1]:
-            body = head.pop(0)
-            self._call("put", key, lambda: self.client.put_object(Bucket=self.bucket, Key=name, Body=body))
+            whole = head.pop(0)
+            self._call("put", key, lambda: self.client.put_object(Bucket=self.bucket, Key=name, Body=whole))
             return
         started = self._call("put", key, lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=name))
         upload = started["UploadId"]

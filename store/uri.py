@@ -4,7 +4,7 @@ import os
 from urllib.parse import unquote, urlparse
 
 from esgd.core import keys
-from esgd.store.base import Store, StoreError
+from esgd.store.base import Store, StoreError, redacted
 from esgd.store.local import LocalStore
 
 DEFAULT_STORE = "esgd-runs"
@@ -23,12 +23,6 @@ def open_store(uri: str | None = None) -> Store:
     raise StoreError(f"unsupported store URI {uri!r}: use a local path, file:// or s3://")
 
 
-def _redacted(uri: str) -> str:
-    """The URI without any user:password@ part, for messages."""
-    parts = urlparse(uri)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else uri
-
-
 def run_uri(store: Store, run_id: str) -> str:
     return f"{store.uri.rstrip('/')}/{keys.run(run_id)}"
 
@@ -38,7 +32,7 @@ def open_run(uri: str) -> tuple[Store, str]:
     marker = f"/{keys.RUNS}/"
     head, sep, run_id = uri.rstrip("/").rpartition(marker)
     if not sep or not run_id or "/" in run_id:
-        raise StoreError(f"not a run URI: {_redacted(uri)!r} (expected <store>/{keys.RUNS}/<run-id>)")
+        raise StoreError(f"not a run URI: {redacted(uri)!r} (expected <store>/{keys.RUNS}/<run-id>)")
     return open_store(head), run_id
 
 
