@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from esgd.core.rng import generator
 from esgd.store import checkpoint
 from esgd.worker.evolve import recombine
 from esgd.worker.tasks.mlp import mlp
@@ -43,6 +44,16 @@ def test_mutation_has_std_sigma_on_parameters_only():
     assert noise[mask].std() == pytest.approx(sigma, rel=0.03)
     assert abs(noise[mask].mean()) < 3 * sigma / np.sqrt(mask.sum())
     assert np.abs(noise[~mask]).max() < 1e-6  # buffers averaged, never mutated
+
+
+def test_offspring_bits_are_the_float64_mean_plus_masked_noise():
+    """The formula, to the bit (the step computes it in place; histories depend on every bit)."""
+    parents = [_parent(s) for s in range(3)]
+    sigma, seed = 0.05, (1, 2, "c")
+    layout, child = checkpoint.decode(recombine([p for p, _ in parents], sigma, seed))
+    mean = np.mean(np.stack([v.astype(np.float64) for _, v in parents]), axis=0)
+    noise = generator(*seed, "mutation", 0).standard_normal(len(mean))  # one chunk: a small model
+    assert np.array_equal(child, (mean + sigma * noise * layout.param_mask()).astype(np.float32))
 
 
 def test_noise_is_reproducible_and_independent_of_chunking(monkeypatch):

@@ -33,10 +33,17 @@ def recombine_chunks(parents: list, sigma: float, noise_seed: tuple) -> tuple[La
     def chunks() -> Iterator[np.ndarray]:
         start = 0
         for index, pieces in enumerate(zip(*(parent_chunks for _, parent_chunks in opened))):
-            mean = np.mean(np.stack([piece.astype(np.float64) for piece in pieces]), axis=0)
+            # In place, in float64, the same operations in the same order as
+            # np.mean(np.stack(pieces), axis=0) + sigma * noise * mask: the same bits, fewer copies.
+            mean = pieces[0].astype(np.float64)
+            for piece in pieces[1:]:
+                mean += piece
+            mean /= len(pieces)
             if sigma > 0:
                 noise = generator(*noise_seed, "mutation", index).standard_normal(len(mean))
-                mean += sigma * noise * _param_mask(layout, start, start + len(mean))
+                noise *= sigma
+                noise *= _param_mask(layout, start, start + len(mean))
+                mean += noise
             start += len(mean)
             yield mean.astype(layout.vector_dtype)
 
