@@ -4,9 +4,9 @@ runs/<run>/spec.yaml                                   frozen spec (+ package ve
 runs/<run>/init/reference.json                         reference model record (optional)
 runs/<run>/gen-<k>/parents.parquet                     parents manifest of generation k
 runs/<run>/gen-<k>/train/<member>.json                 train result record (commit marker)
-runs/<run>/gen-<k>/train/<member>/<attempt>.arrow      trained checkpoint of that attempt
+runs/<run>/gen-<k>/train/<member>.<attempt>.arrow      trained checkpoint of that attempt
 runs/<run>/gen-<k>/round-<r>/offspring/<id>.json       offspring record (recombination, commit marker)
-runs/<run>/gen-<k>/round-<r>/offspring/<id>/<attempt>.arrow
+runs/<run>/gen-<k>/round-<r>/offspring/<id>.<attempt>.arrow
 runs/<run>/gen-<k>/round-<r>/fitness/<id>.json         offspring fitness (commit marker)
 runs/<run>/gen-<k>/round-<r>/selected.parquet          survivors of round r
 runs/<run>/history/gen-<k>.parquet                     history rows of generation k
@@ -38,7 +38,7 @@ def train_record(run_id: str, generation: int, member: str) -> str:
 
 
 def train_checkpoint(run_id: str, generation: int, member: str, attempt: str) -> str:
-    return f"{gen(run_id, generation)}/train/{member}/{attempt}.arrow"
+    return f"{gen(run_id, generation)}/train/{member}.{attempt}.arrow"
 
 
 def round_(run_id: str, generation: int, rnd: int) -> str:
@@ -50,7 +50,7 @@ def offspring_record(run_id: str, generation: int, rnd: int, child: str) -> str:
 
 
 def offspring_checkpoint(run_id: str, generation: int, rnd: int, child: str, attempt: str) -> str:
-    return f"{round_(run_id, generation, rnd)}/offspring/{child}/{attempt}.arrow"
+    return f"{round_(run_id, generation, rnd)}/offspring/{child}.{attempt}.arrow"
 
 
 def fitness_record(run_id: str, generation: int, rnd: int, child: str) -> str:
@@ -74,7 +74,7 @@ def reference(run_id: str) -> str:
 
 
 def reference_checkpoint(run_id: str, attempt: str) -> str:
-    return f"{run(run_id)}/init/reference/{attempt}.arrow"
+    return f"{run(run_id)}/init/reference.{attempt}.arrow"
 
 
 def init_record(run_id: str, member: str) -> str:
@@ -82,7 +82,7 @@ def init_record(run_id: str, member: str) -> str:
 
 
 def init_checkpoint(run_id: str, member: str, attempt: str) -> str:
-    return f"{run(run_id)}/init/{member}/{attempt}.arrow"
+    return f"{run(run_id)}/init/{member}.{attempt}.arrow"
 
 
 def final_record(run_id: str, member: str) -> str:
@@ -90,7 +90,7 @@ def final_record(run_id: str, member: str) -> str:
 
 
 def final_checkpoint(run_id: str, member: str, attempt: str) -> str:
-    return f"{run(run_id)}/final/train/{member}/{attempt}.arrow"
+    return f"{run(run_id)}/final/train/{member}.{attempt}.arrow"
 
 
 def final_manifest(run_id: str) -> str:

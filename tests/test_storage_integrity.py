@@ -56,7 +56,7 @@ def test_train_refuses_a_corrupt_parent_checkpoint(run, how, decoded, capsys):
     assert f"esgd-worker: error: checksum mismatch for {victim['checkpoint']}" in capsys.readouterr().err
     assert sha256(bad) not in decoded  # never loaded into a model, so never trained on
     assert not run.store.exists(keys.train_record(run.id, 0, victim["member"]))
-    assert run.store.list(f"{keys.gen(run.id, 0)}/train/{victim['member']}") == []
+    assert [key for key in run.store.list(f"{keys.gen(run.id, 0)}/train") if f"/{victim['member']}." in key] == []
 
 
 @pytest.mark.parametrize("how", ["truncated", "altered"])
