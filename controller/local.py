@@ -22,6 +22,11 @@ from esgd.worker.cli import run_step
 from esgd.worker.run import Run
 
 
+KEEP_WRITTEN = 256 << 20
+"""Bytes of checkpoints kept in memory between the steps of a one-process run (Store.keep_written):
+the µ + λ checkpoints of a generation, for models up to about 8 MB at µ + λ = 32."""
+
+
 def local_devices(run: Run) -> list[str]:
     if run.device_name == "auto" and torch.cuda.device_count() > 1:
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
@@ -64,6 +69,8 @@ def execute(run: Run, progress: Callable[[str], None] = print) -> None:
     """Run (or resume) every remaining step of the run."""
     spec = run.spec
     devices = local_devices(run)
+    if len(devices) == 1:  # every step in this process: each reads what the one before wrote
+        run.store.keep_written(KEEP_WRITTEN)
     pack, shard = split(run, devices)
     _run_stage(run, [Step("init")], devices)
     start = committed_generations(run)

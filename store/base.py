@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from threading import Lock
 from typing import BinaryIO, Iterable, TypeVar
 
 T, R = TypeVar("T"), TypeVar("R")
@@ -103,7 +104,9 @@ class Store(ABC):
     def put_blob(self, key: str, data: bytes) -> dict:
         """Write a blob under an attempt-unique key; returns its reference for a record."""
         self.put(key, data)
-        return {"checkpoint": key, "sha256": sha256(data), "size": len(data)}
+        ref = {"checkpoint": key, "sha256": sha256(data), "size": len(data)}
+        self.written.remember(ref, data)
+        return ref
 
     def open_read(self, key: str) -> BinaryIO:
         """A readable binary stream of the object (NotFound if absent). Backends stream it; this
@@ -111,21 +114,95 @@ class Store(ABC):
         return io.BytesIO(self.get(key))
 
     def put_stream(self, key: str, pieces: Iterable[bytes]) -> dict:
-        """put_blob for an object given as byte pieces, in order. Backends stream it (memory: a few
-        pieces or transfer parts); this default joins the pieces."""
-        return self.put_blob(key, b"".join(pieces))
+        """put_blob for an object given as byte pieces, in order. Memory: what the backend's
+        _write_stream holds (a few pieces or transfer parts), plus the object itself if it is
+        small enough for `written` to keep."""
+        kept: list[bytes] = []
+
+        def keeping() -> Iterable[bytes]:
+            size = 0
+            for piece in pieces:
+                size += len(piece)
+                if size <= self.written.largest:
+                    kept.append(piece)
+                elif kept:
+                    kept.clear()  # too large to keep: the size only grows from here
+                yield piece
+
+        ref = self._write_stream(key, keeping())
+        if ref["size"] <= self.written.largest:
+            self.written.remember(ref, b"".join(kept))
+        return ref
+
+    def _write_stream(self, key: str, pieces: Iterable[bytes]) -> dict:
+        """Write the pieces as one object and return its reference. Backends stream it; this
+        default joins the pieces."""
+        data = b"".join(pieces)
+        self.put(key, data)
+        return {"checkpoint": key, "sha256": sha256(data), "size": len(data)}
+
+    written: "Written"  # set below the class: by default nothing is kept
+
+    def keep_written(self, budget: int) -> None:
+        """From now on keep the blobs this store object writes, up to `budget` bytes, so that
+        reading them back costs neither a read nor a checksum (see Written)."""
+        self.written = Written(budget)
 
     def open_verified(self, ref: dict) -> "VerifiedReader":
         """A stream of a blob through its reference; size and checksum are checked as it is read."""
+        data = self.written.recall(ref)
+        if data is not None:
+            return VerifiedReader(io.BytesIO(data), ref, verified=True)
         return VerifiedReader(self.open_read(ref["checkpoint"]), ref)
 
     def get_verified(self, ref: dict) -> bytes:
         """Read a blob through its reference, checking size and checksum."""
         key = ref["checkpoint"]
+        data = self.written.recall(ref)
+        if data is not None:
+            return data
         data = self.get(key)
         if len(data) != ref["size"] or sha256(data) != ref["sha256"]:
             raise IntegrityError(f"checksum mismatch for {key}: the object is truncated or altered")
         return data
+
+
+class Written:
+    """Blobs one process wrote, kept in memory with their checksums. The local executor runs every
+    step of a generation in one process, and each step reads the checkpoints the step before wrote
+    (evolve the trained parents, twice each on average; evaluate the offspring; train the
+    survivors): with these kept, reading back costs no read and no checksum. A blob is handed back
+    only for a reference with the very checksum and size computed when it was written, so what a
+    step receives is what it would read from an intact store; damage done to the stored object
+    afterwards is not seen by this process, and is by any other reader.
+    At most `budget` bytes, the oldest dropped first; a blob larger than budget // 8 is not kept.
+    A budget of 0 keeps nothing: a pod never reads what it wrote itself."""
+
+    def __init__(self, budget: int):
+        self.budget, self.largest = budget, budget // 8
+        self._blobs: dict[str, tuple[str, bytes]] = {}  # key -> (sha256, bytes), oldest first
+        self._size, self._lock = 0, Lock()
+
+    def remember(self, ref: dict, data: bytes) -> None:
+        if not self.budget or len(data) > self.largest:
+            return
+        with self._lock:
+            old = self._blobs.pop(ref["checkpoint"], None)
+            self._size -= len(old[1]) if old else 0
+            self._blobs[ref["checkpoint"]] = (ref["sha256"], data)
+            self._size += len(data)
+            while self._size > self.budget:
+                _, dropped = self._blobs.pop(next(iter(self._blobs)))  # the oldest
+                self._size -= len(dropped)
+
+    def recall(self, ref: dict) -> bytes | None:
+        """The blob's bytes if this process wrote exactly the referenced blob, else None."""
+        with self._lock:
+            sha, data = self._blobs.get(ref["checkpoint"], (None, b""))
+        return data if sha == ref["sha256"] and len(data) == ref["size"] else None
+
+
+Store.written = Written(0)
 
 
 class VerifiedReader:
@@ -134,9 +211,11 @@ class VerifiedReader:
     IntegrityError at once, and finish() (read to the end, compare the checksum) must be called
     before anything made from the bytes is committed."""
 
-    def __init__(self, raw: BinaryIO, ref: dict):
+    def __init__(self, raw: BinaryIO, ref: dict, verified: bool = False):
+        """`verified`: `raw` holds bytes already known to match the reference (Written): the
+        size is still counted, the checksum is not computed again."""
         self._raw, self.key, self._size, self._sha = raw, ref["checkpoint"], ref["size"], ref["sha256"]
-        self._hash, self._pos = hashlib.sha256(), 0
+        self._hash, self._pos, self._verified = hashlib.sha256(), 0, verified
 
     def readable(self) -> bool:
         return True
@@ -162,7 +241,8 @@ class VerifiedReader:
             have += len(piece)
         data = b"".join(parts)
         self._pos += len(data)
-        self._hash.update(data)
+        if not self._verified:
+            self._hash.update(data)
         if self._pos > self._size:
             raise IntegrityError(f"checksum mismatch for {self.key}: the object is longer than its recorded size")
         if len(data) < want and self._pos < self._size:
@@ -172,7 +252,7 @@ class VerifiedReader:
     def finish(self) -> None:
         """Read what is left and check size and checksum; IntegrityError names the key."""
         self.read(self._size - self._pos)
-        if self._raw.read(1) or self._hash.hexdigest() != self._sha:
+        if self._raw.read(1) or (not self._verified and self._hash.hexdigest() != self._sha):
             raise IntegrityError(f"checksum mismatch for {self.key}: the object is truncated or altered")
 
     def close(self) -> None:

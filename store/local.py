@@ -65,7 +65,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             raise NotFound(f"{self.uri}/{key} not found") from None
 
-    def put_stream(self, key: str, pieces) -> dict:
+    def _write_stream(self, key: str, pieces) -> dict:
         path = self._path(key)
         fd, tmp = self._mkstemp(path)
         digest, size = hashlib.sha256(), 0

@@ -345,7 +345,7 @@ class S3Store(Store):
     def open_read(self, key: str) -> BinaryIO:
         return _ObjectReader(self, key)
 
-    def put_stream(self, key: str, pieces: Iterable[bytes]) -> dict:
+    def _write_stream(self, key: str, pieces: Iterable[bytes]) -> dict:
         """Upload byte pieces as they come, re-cut into parts: memory holds (concurrency + 2)
         parts at most, whatever the object's size."""
         digest, size = hashlib.sha256(), 0
