@@ -78,17 +78,17 @@ class Store(ABC):
 
     # Helpers shared by every backend.
 
-    def each(self, fn: Callable[[T], R], items: Iterable[T]) -> "list[R]":  # quoted: `list` here is Store.list
+    def each(self, fn: Callable[[T], R], items: Iterable[T], at_once: int | None = None) -> "list[R]":  # `list`: Store.list
         """[fn(item) for item in items] for an fn that reads or writes its own objects (a step does
-        that once per individual), up to objects_at_once at a time. The first error in the items'
-        order is raised once the items before it are done; items not started by then are skipped.
-        Every object is still written and committed on its own, so a step that dies midway leaves
-        what one at a time leaves: some records committed, the rest redone by the next attempt,
-        with the same values."""
-        items = list(items)
-        if len(items) < 2 or self.objects_at_once < 2:
+        that once per individual), up to objects_at_once (or `at_once`, for an fn that is mostly
+        computation) at a time. The first error in the items' order is raised once the items before
+        it are done; items not started by then are skipped. Every object is still written and
+        committed on its own, so a step that dies midway leaves what one at a time leaves: some
+        records committed, the rest redone by the next attempt, with the same values."""
+        items, at_once = list(items), at_once or self.objects_at_once
+        if len(items) < 2 or at_once < 2:
             return [fn(item) for item in items]
-        with ThreadPoolExecutor(min(self.objects_at_once, len(items))) as pool:
+        with ThreadPoolExecutor(min(at_once, len(items))) as pool:
             return list(pool.map(fn, items))
 
     def get_json(self, key: str) -> dict:

@@ -11,6 +11,7 @@ from esgd.core import keys
 from esgd.core.metrics import summarize
 from esgd.core.plan import Step, final_stages, generation_stages
 from esgd.store.uri import open_store, run_uri
+from esgd.worker import steps as worker_steps
 from esgd.worker.cli import run_step
 from esgd.worker.run import Run
 
@@ -84,6 +85,19 @@ def test_same_spec_same_history(store_uri):
     c = start(store_uri, tiny(seed=8), "c")
     execute(c, progress=lambda line: None)
     assert history(c.uri) != history(a.uri)
+
+
+def test_evolve_makes_the_same_offspring_one_or_several_at_once(store_uri, monkeypatch):
+    made = []
+    for cores in (1, 4):
+        monkeypatch.setattr(worker_steps, "EVOLVE_CORES", cores)
+        run = start(store_uri, tiny(generations=1), f"cores-{cores}")
+        for command, generation in (("init", None), ("train", 0), ("evolve", 0)):
+            run_step(run, command, generation, 0)
+        records = [run.store.get_json(keys.offspring_record(run.id, 0, 0, keys.member_id(0, 0, i)))
+                   for i in range(run.spec.population.offspring)]
+        made.append([(r["sha256"], r["parents"]) for r in records])
+    assert made[0] == made[1]
 
 
 def test_stopped_between_any_two_steps_and_resumed_gives_the_same_history(store_uri):
