@@ -9,6 +9,7 @@ The checksum lives in the record that references the checkpoint (store.base.Stor
 """
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -29,7 +30,7 @@ class Entry:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
 
 @dataclass
@@ -149,7 +150,10 @@ def iter_chunks(data: bytes) -> Iterator[np.ndarray]:
 def decode(data: bytes) -> tuple[Layout, np.ndarray]:
     layout = read_layout(data)
     chunks = list(iter_chunks(data))
-    vector = np.concatenate(chunks) if chunks else np.zeros(0, dtype=layout.vector_dtype)
+    if len(chunks) == 1:
+        vector = chunks[0]  # a read-only view into `data`, not a copy: packs stack their vectors anyway
+    else:
+        vector = np.concatenate(chunks) if chunks else np.zeros(0, dtype=layout.vector_dtype)
     if len(vector) != layout.numel:
         raise ValueError(f"checkpoint holds {len(vector)} values, its layout {layout.numel}")
     return layout, vector
