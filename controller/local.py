@@ -67,10 +67,18 @@ def split(run: Run, devices: list[str]) -> tuple[int, int]:
 
 def execute(run: Run, progress: Callable[[str], None] = print) -> None:
     """Run (or resume) every remaining step of the run."""
-    spec = run.spec
     devices = local_devices(run)
-    if len(devices) == 1:  # every step in this process: each reads what the one before wrote
-        run.store.keep_written(KEEP_WRITTEN)
+    if len(devices) > 1:
+        return _execute(run, devices, progress)
+    run.store.keep_written(KEEP_WRITTEN)  # every step in this process: each reads what the one before wrote
+    try:
+        _execute(run, devices, progress)
+    finally:
+        run.store.keep_written(0)
+
+
+def _execute(run: Run, devices: list[str], progress: Callable[[str], None]) -> None:
+    spec = run.spec
     pack, shard = split(run, devices)
     _run_stage(run, [Step("init")], devices)
     start = committed_generations(run)

@@ -52,6 +52,11 @@ class Store(ABC):
     objects_at_once: int = 1
     """Independent objects `each` moves at once: one for a local directory, where threads cost
     more than they overlap; a few for a remote store, to hide its round trips."""
+    computing_at_once: int = 1
+    """Items `each(..., computing=True)` runs at once, each mostly computation on its own objects
+    (an offspring: noise, mean, checksum, which numpy and hashlib run outside Python's lock): the
+    machine's cores (at most 4) for a local directory; objects_at_once for a remote store, whose
+    setting also bounds the evolve step's memory."""
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
@@ -78,14 +83,14 @@ class Store(ABC):
 
     # Helpers shared by every backend.
 
-    def each(self, fn: Callable[[T], R], items: Iterable[T], at_once: int | None = None) -> "list[R]":  # `list`: Store.list
+    def each(self, fn: Callable[[T], R], items: Iterable[T], computing: bool = False) -> "list[R]":  # `list`: Store.list
         """[fn(item) for item in items] for an fn that reads or writes its own objects (a step does
-        that once per individual), up to objects_at_once (or `at_once`, for an fn that is mostly
-        computation) at a time. The first error in the items' order is raised once the items before
-        it are done; items not started by then are skipped. Every object is still written and
+        that once per individual), up to objects_at_once (computing_at_once, for an fn that is
+        mostly computation) at a time. The first error in the items' order is raised once the items
+        before it are done; items not started by then are skipped. Every object is still written and
         committed on its own, so a step that dies midway leaves what one at a time leaves: some
         records committed, the rest redone by the next attempt, with the same values."""
-        items, at_once = list(items), at_once or self.objects_at_once
+        items, at_once = list(items), self.computing_at_once if computing else self.objects_at_once
         if len(items) < 2 or at_once < 2:
             return [fn(item) for item in items]
         with ThreadPoolExecutor(min(at_once, len(items))) as pool:
@@ -184,11 +189,13 @@ class Written:
         self._size, self._lock = 0, Lock()
 
     def remember(self, ref: dict, data: bytes) -> None:
-        if not self.budget or len(data) > self.largest:
+        if not self.budget:
             return
         with self._lock:
-            old = self._blobs.pop(ref["checkpoint"], None)
+            old = self._blobs.pop(ref["checkpoint"], None)  # a key written again: only the newest counts
             self._size -= len(old[1]) if old else 0
+            if len(data) > self.largest:
+                return
             self._blobs[ref["checkpoint"]] = (ref["sha256"], data)
             self._size += len(data)
             while self._size > self.budget:

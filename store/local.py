@@ -8,7 +8,12 @@ from pathlib import Path
 from esgd.store.base import NotFound, Store, StoreError
 
 
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class LocalStore(Store):
+    computing_at_once = min(4, CORES)
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().absolute()
         self.uri = self.root.as_uri()

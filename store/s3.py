@@ -138,7 +138,7 @@ class S3Store(Store):
         except bex.BotoCoreError as error:  # e.g. a profile that does not exist, an invalid endpoint URL
             raise StoreError(f"cannot configure S3 for {self.uri}: {self._scrub(_one_line(error))}") from None
         self.endpoint = redacted(self.client.meta.endpoint_url or "")
-        self.objects_at_once = self.settings.objects
+        self.objects_at_once = self.computing_at_once = self.settings.objects
 
     @classmethod
     def from_uri(cls, uri: str) -> "S3Store":

@@ -11,7 +11,6 @@ from esgd.core import keys
 from esgd.core.metrics import summarize
 from esgd.core.plan import Step, final_stages, generation_stages
 from esgd.store.uri import open_store, run_uri
-from esgd.worker import steps as worker_steps
 from esgd.worker.cli import run_step
 from esgd.worker.run import Run
 
@@ -87,11 +86,11 @@ def test_same_spec_same_history(store_uri):
     assert history(c.uri) != history(a.uri)
 
 
-def test_evolve_makes_the_same_offspring_one_or_several_at_once(store_uri, monkeypatch):
+def test_evolve_makes_the_same_offspring_one_or_several_at_once(store_uri):
     made = []
-    for cores in (1, 4):
-        monkeypatch.setattr(worker_steps, "EVOLVE_CORES", cores)
-        run = start(store_uri, tiny(generations=1), f"cores-{cores}")
+    for at_once in (1, 4):
+        run = start(store_uri, tiny(generations=1), f"at-once-{at_once}")
+        run.store.computing_at_once = at_once
         for command, generation in (("init", None), ("train", 0), ("evolve", 0)):
             run_step(run, command, generation, 0)
         records = [run.store.get_json(keys.offspring_record(run.id, 0, 0, keys.member_id(0, 0, i)))

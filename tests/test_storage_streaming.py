@@ -52,10 +52,11 @@ def test_evolve_memory_is_a_few_chunks_per_parent_and_bytes_are_unchanged(store_
     store = open_store(store_uri)
     chunk_bytes, transfer = 4 * CHUNK, 0
     # One offspring at a time: with n at once each streams on its own, and memory is n times this.
-    monkeypatch.setattr(steps, "EVOLVE_CORES", 1)
     if isinstance(store, S3Store):  # a streamed upload keeps (concurrency + 2) parts in memory
         store = S3Store(store.bucket, store.prefix, S3Settings(part_size_mb=PART_MB, concurrency=CONCURRENCY, objects=1))
         transfer = (CONCURRENCY + 2) * PART_MB << 20
+    else:
+        monkeypatch.setattr(store, "computing_at_once", 1)
     values = 1 << 23 if transfer else 1 << 22  # 32 MiB models on S3 (above its part buffers), 16 MiB locally
     run = Run(store, "big", parse_spec(SPEC), "cpu")
     big_population(run, values)

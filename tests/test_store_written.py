@@ -84,6 +84,7 @@ def test_a_local_run_keeps_what_it_writes_and_its_history_does_not_change(tmp_pa
             monkeypatch.setattr(store, "keep_written", lambda budget: None)
         run_id, _ = create_or_resume(store, spec, "r")
         execute(Run(store, run_id, spec, "cpu"), progress=lambda line: None)
+        assert store.written.budget == 0  # the caller's store holds nothing once the run is done
         histories[keep] = read_history(store, run_id)
         checkpoint_reads[keep] = sum(key.endswith(".arrow") for key in reads)
     assert checkpoint_reads[True] == 0 < checkpoint_reads[False]

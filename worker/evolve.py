@@ -33,9 +33,10 @@ def recombine_chunks(parents: list, sigma: float, noise_seed: tuple) -> tuple[La
     def chunks() -> Iterator[np.ndarray]:
         start = 0
         for index, pieces in enumerate(zip(*(parent_chunks for _, parent_chunks in opened))):
-            # In place, in float64, the same operations in the same order as
-            # np.mean(np.stack(pieces), axis=0) + sigma * noise * mask: the same bits, fewer copies.
-            mean = pieces[0].astype(np.float64)
+            # In place, in float64, the operations of np.mean(np.stack(pieces), axis=0) + sigma *
+            # noise * mask in their order (the sum starts from +0.0, so -0.0 sums to +0.0 as there):
+            # the same bits (but for numpy's pairwise order in a chunk of one value, ρ >= 8).
+            mean = np.add(pieces[0], 0.0, dtype=np.float64)
             for piece in pieces[1:]:
                 mean += piece
             mean /= len(pieces)

@@ -2,7 +2,6 @@
 a step whose commit record exists does nothing, so any step can be re-run safely."""
 
 import json
-import os
 
 import numpy as np
 import torch
@@ -187,8 +186,6 @@ def _pool(run: Run, generation: int, rnd: int) -> list[dict]:
 
 # The evolution step -----------------------------------------------------------------------------
 
-EVOLVE_CORES = min(4, len(os.sched_getaffinity(0)))
-
 def evolve(run: Run, generation: int, rnd: int) -> None:
     """λ offspring: ρ parents by roulette wheel, their mean plus N(0, σ_k²) noise."""
     spec = run.spec
@@ -210,9 +207,7 @@ def evolve(run: Run, generation: int, rnd: int) -> None:
         ref = run.store.put_stream(keys.offspring_checkpoint(run.id, generation, rnd, child, attempt_id()), pieces)
         run.store.commit_json(key, {"member": child, **ref, "parents": [p["member"] for p in parents], "sigma": sigma})
 
-    # An offspring is mostly computation (noise, mean, checksum: numpy and hashlib release the GIL)
-    # and depends on no other: as many at once as there are cores (at most 4), or as the store moves.
-    run.store.each(offspring, range(spec.population.offspring), at_once=max(run.store.objects_at_once, EVOLVE_CORES))
+    run.store.each(offspring, range(spec.population.offspring), computing=True)  # each depends on no other
 
 
 def evaluate(run: Run, generation: int, rnd: int, offspring: tuple[int, int] | None = None) -> None:
