@@ -43,6 +43,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def warm_up(device: torch.device, seconds: float = 2.0) -> None:
+    """Matrix products until the GPU has left its idle clocks, so the first row is not measured slow."""
+    a = torch.randn(4096, 4096, device=device)
+    began = time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        a @ a
+        sync(device)
+
+
 def data(shape, classes, n, device):
     g = torch.Generator().manual_seed(0)
     return torch.randn(n, *shape, generator=g).to(device), torch.randint(classes, (n,), generator=g).to(device)
@@ -75,12 +84,12 @@ def sequential(factory, x, y, batch, steps, models, device) -> float:
     return total / (models * steps)
 
 
-def packed(factory, x, y, batch, steps, k, device, bf16, mixed=False, compiled=False) -> float:
+def packed(template, factory, x, y, batch, steps, k, device, bf16, mixed=False, compiled=False) -> float:
     """Seconds per individual-step of train_pack with k individuals (one epoch of `steps` steps);
     `mixed`: the five optimizer families, each family's individuals side by side as the train step
     packs them, instead of Nesterov SGD for all. `compiled`: torch.compile, whose compilation the
-    warm-up pays (one template, so both packs share the compiled code, as a run's packs do)."""
-    template = factory().to(device)
+    first warm-up pays: every pack of one template shares the compiled code, as a run's packs do,
+    so the caller passes one template for all measurements of a model."""
     hps = [hp(batch, FAMILIES[i * len(FAMILIES) // k] if mixed else "nesterov") for i in range(k)]
     n = batch * steps
     task = Task(model=factory, train=(x[:n], y[:n]), fitness=(x[:batch], y[:batch]), eval_batch_size=batch)
@@ -145,7 +154,7 @@ def main() -> None:
     p.add_argument("--mixed-k", type=int, default=16, help="also time a pack of this many with five optimizer families (0: no)")
     p.add_argument("--compile", action="store_true", help="also time packed training through torch.compile (pack.compile)")
     p.add_argument("--quick", action="store_true", help="fewer steps and fewer configurations: minutes, not hours")
-    p.add_argument("--generations", type=int, default=3, help="generations measured for the outside-share")
+    p.add_argument("--generations", type=int, default=3, help="generations measured for the outside-share (0: skip it)")
     args = p.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
     ks = [int(k) for k in args.ks.split(",")]
@@ -157,6 +166,7 @@ def main() -> None:
         device = torch.device(device_name)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+            warm_up(device)
         for name in args.models.split(","):
             factory, shape, classes, batch, epoch = MODELS[name]
             cpu_resnet = device.type == "cpu" and name == "resnet20"
@@ -165,6 +175,7 @@ def main() -> None:
                 steps = max(2, steps // 2)
             model_ks = [k for k in ks if not (cpu_resnet and k > 8)]  # 32+ ResNet-20s on 2 cores: hours
             x, y = data(shape, classes, batch * max(steps, 2), device)
+            template = factory().to(device)
             per_epoch = epoch / batch
             repeats = 1 if cpu_resnet else 3  # best of a few: the CPU numbers are noisy
             base = min(sequential(factory, x, y, batch, steps, 2 if cpu_resnet else 4, device) for _ in range(repeats)) * per_epoch
@@ -172,18 +183,18 @@ def main() -> None:
             bf16 = args.bf16 and device.type == "cuda"
             for k in model_ks:
                 for compiled in (False, True) if args.compile else (False,):
-                    t = min(packed(factory, x, y, batch, steps, k, device, bf16, compiled=compiled) for _ in range(repeats)) * per_epoch
+                    t = min(packed(template, factory, x, y, batch, steps, k, device, bf16, compiled=compiled) for _ in range(repeats)) * per_epoch
                     how = f"packed k={k}{' bf16' if bf16 else ''}{' compiled' if compiled else ''}"
                     print(f"| {device_name} | {name} | {how} | {t:.4f} | {base / t:.1f}x |", flush=True)
             if args.mixed_k and not cpu_resnet:
                 k = args.mixed_k
-                t = min(packed(factory, x, y, batch, steps, k, device, bf16, mixed=True) for _ in range(repeats)) * per_epoch
+                t = min(packed(template, factory, x, y, batch, steps, k, device, bf16, mixed=True) for _ in range(repeats)) * per_epoch
                 print(f"| {device_name} | {name} | packed k={k}, 5 optimizer families | {t:.4f} | {base / t:.1f}x |", flush=True)
     workloads = {  # the bundled task as shipped, and the same data with 16x the training work
         "digits MLP 32x2, 1 epoch": ({"hidden": 32}, 1),
         "digits MLP 256x3, 4 epochs": ({"hidden": 256, "depth": 3}, 4),
     }
-    for device_name in devices:
+    for device_name in devices if args.generations else []:
         for label, (task_args, epochs) in workloads.items():
             share, seconds = generation_share(device_name, args.generations, task_args, epochs)
             print(f"local generation on {device_name}, {label} (mu=16, lambda=16, packed): {seconds:.3f} s per generation, "

@@ -38,12 +38,11 @@ def _forward(base: torch.nn.Module, params: dict, buffers: dict, x: torch.Tensor
 
 
 def _views(flat: torch.Tensor, shapes: dict, aliases: dict) -> dict[str, torch.Tensor]:
-    """Views of a [k, P] parameter matrix, shaped like each stacked parameter (tied ones under every name)."""
-    out, offset = {}, 0
-    for name, shape in shapes.items():
-        n = math.prod(shape)
-        out[name] = flat[:, offset : offset + n].reshape(len(flat), *shape)
-        offset += n
+    """Views of a [k, P] parameter matrix, shaped like each stacked parameter (tied ones under every
+    name). One split, not a slice per parameter: the backward of a slice writes a zero-filled
+    [k, P] gradient and adds it in, per parameter; the backward of a split is one concatenation."""
+    pieces = flat.split([math.prod(shape) for shape in shapes.values()], dim=1)
+    out = {name: piece.reshape(len(flat), *shape) for (name, shape), piece in zip(shapes.items(), pieces)}
     return out | {alias: out[name] for alias, name in aliases.items()}
 
 
