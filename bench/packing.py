@@ -9,7 +9,8 @@ times, with the same model, data (already on the device) and batch size:
                 optimizer families;
 and prints seconds per individual-epoch and the speed-up over the sequential loop. An epoch is
 50,000 examples for ResNet-20 (CIFAR-10) and 1,257 for the MLPs (the bundled digits task); each
-measurement runs a few steps and scales to the epoch.
+measurement times a few steps and scales them to the epoch (a packed epoch's fixed work, timed
+apart from its steps, counted once).
 Then it runs whole local generations of the bundled task and prints the share of time spent
 outside training and fitness evaluation, and that time per individual.
 
@@ -84,10 +85,12 @@ def sequential(factory, x, y, batch, steps, models, device) -> float:
     return total / (models * steps)
 
 
-def packed(template, factory, x, y, batch, steps, k, device, bf16, mixed=False, compiled=False) -> float:
-    """Seconds per individual-step of train_pack with k individuals (one epoch of `steps` steps);
-    `mixed`: the five optimizer families, each family's individuals side by side as the train step
-    packs them, instead of Nesterov SGD for all. `compiled`: torch.compile, whose compilation the
+def packed(template, factory, x, y, batch, steps, epoch_steps, k, device, bf16, mixed=False, compiled=False) -> float:
+    """Seconds per individual-epoch of train_pack with k individuals, from epochs of 2 and of
+    `steps` steps: the epoch's fixed work (optimizer set-up, data orders, the fitness evaluation)
+    counted once, its steps scaled to `epoch_steps` (with steps <= 2: all of it scaled). `mixed`:
+    the five optimizer families, each family's individuals side by side as the train step packs
+    them, instead of Nesterov SGD for all. `compiled`: torch.compile, whose compilation the
     first warm-up pays: every pack of one template shares the compiled code, as a run's packs do,
     so the caller passes one template for all measurements of a model."""
     hps = [hp(batch, FAMILIES[i * len(FAMILIES) // k] if mixed else "nesterov") for i in range(k)]
@@ -102,8 +105,12 @@ def packed(template, factory, x, y, batch, steps, k, device, bf16, mixed=False, 
                    [(0, 0, f"m{i}") for i in range(k)], bf16=bf16, compiled=compiled)
         sync(device)
         return time.perf_counter() - began
-    once(2)  # warm-up (allocations, cudnn autotuning)
-    return once(steps) / (k * steps)
+    once(2)  # warm-up (allocations, cudnn autotuning, compilation)
+    whole = once(steps)
+    if steps <= 2:
+        return whole * epoch_steps / steps / k
+    per_step = (whole - once(2)) / (steps - 2)
+    return (whole + (epoch_steps - steps) * per_step) / k
 
 
 def generation_share(device: str, generations: int, task_args: dict, epochs: int) -> tuple[float, float]:
@@ -183,12 +190,12 @@ def main() -> None:
             bf16 = args.bf16 and device.type == "cuda"
             for k in model_ks:
                 for compiled in (False, True) if args.compile else (False,):
-                    t = min(packed(template, factory, x, y, batch, steps, k, device, bf16, compiled=compiled) for _ in range(repeats)) * per_epoch
+                    t = min(packed(template, factory, x, y, batch, steps, per_epoch, k, device, bf16, compiled=compiled) for _ in range(repeats))
                     how = f"packed k={k}{' bf16' if bf16 else ''}{' compiled' if compiled else ''}"
                     print(f"| {device_name} | {name} | {how} | {t:.4f} | {base / t:.1f}x |", flush=True)
             if args.mixed_k and not cpu_resnet:
                 k = args.mixed_k
-                t = min(packed(template, factory, x, y, batch, steps, k, device, bf16, mixed=True) for _ in range(repeats)) * per_epoch
+                t = min(packed(template, factory, x, y, batch, steps, per_epoch, k, device, bf16, mixed=True) for _ in range(repeats))
                 print(f"| {device_name} | {name} | packed k={k}, 5 optimizer families | {t:.4f} | {base / t:.1f}x |", flush=True)
     workloads = {  # the bundled task as shipped, and the same data with 16x the training work
         "digits MLP 32x2, 1 epoch": ({"hidden": 32}, 1),
