@@ -37,8 +37,15 @@ def train_record(run_id: str, generation: int, member: str) -> str:
     return f"{gen(run_id, generation)}/train/{member}.json"
 
 
+def checkpoint(record: str, attempt: str) -> str:
+    """The checkpoint one attempt writes, next to the record that names it once committed:
+    <record without .json>.<attempt>.arrow (no folder per member: on a local disk each new folder
+    costs as much as a small checkpoint's write)."""
+    return f"{record.removesuffix('.json')}.{attempt}.arrow"
+
+
 def train_checkpoint(run_id: str, generation: int, member: str, attempt: str) -> str:
-    return f"{gen(run_id, generation)}/train/{member}.{attempt}.arrow"
+    return checkpoint(train_record(run_id, generation, member), attempt)
 
 
 def round_(run_id: str, generation: int, rnd: int) -> str:
@@ -50,7 +57,7 @@ def offspring_record(run_id: str, generation: int, rnd: int, child: str) -> str:
 
 
 def offspring_checkpoint(run_id: str, generation: int, rnd: int, child: str, attempt: str) -> str:
-    return f"{round_(run_id, generation, rnd)}/offspring/{child}.{attempt}.arrow"
+    return checkpoint(offspring_record(run_id, generation, rnd, child), attempt)
 
 
 def fitness_record(run_id: str, generation: int, rnd: int, child: str) -> str:
@@ -74,7 +81,7 @@ def reference(run_id: str) -> str:
 
 
 def reference_checkpoint(run_id: str, attempt: str) -> str:
-    return f"{run(run_id)}/init/reference.{attempt}.arrow"
+    return checkpoint(reference(run_id), attempt)
 
 
 def init_record(run_id: str, member: str) -> str:
@@ -82,15 +89,12 @@ def init_record(run_id: str, member: str) -> str:
 
 
 def init_checkpoint(run_id: str, member: str, attempt: str) -> str:
-    return f"{run(run_id)}/init/{member}.{attempt}.arrow"
+    return checkpoint(init_record(run_id, member), attempt)
 
 
 def final_record(run_id: str, member: str) -> str:
     return f"{run(run_id)}/final/train/{member}.json"
 
-
-def final_checkpoint(run_id: str, member: str, attempt: str) -> str:
-    return f"{run(run_id)}/final/train/{member}.{attempt}.arrow"
 
 
 def final_manifest(run_id: str) -> str:

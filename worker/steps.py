@@ -146,7 +146,7 @@ def _train_group(run: Run, rows: list[dict], hps: list[dict], epochs: int, gener
 
     def commit(row: dict, weights: tuple, result) -> None:  # the checkpoint, then the record naming it
         key = record_key(row["member"])
-        ref = run.save_checkpoint(key.removesuffix(".json") + f".{attempt_id()}.arrow", *weights)
+        ref = run.save_checkpoint(keys.checkpoint(key, attempt_id()), *weights)
         run.store.commit_json(key, {
             "member": row["member"], **ref, "fitness": result.fitness, "fitness_before": row["fitness"],
             "hparams": result.hparams, "backoffs": result.backoffs, "epochs": epochs, "epoch_fitness": result.epoch_fitness,
