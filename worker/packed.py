@@ -217,7 +217,6 @@ def _update(family: str, p: torch.Tensor, g: torch.Tensor, s: dict, hp: dict) ->
     raise ValueError(f"unknown optimizer {family!r}")
 
 
-
 @torch.no_grad()
 def pack_fitness(pack: Pack, task: Task, data: tuple[torch.Tensor, ...]) -> list[float]:
     """Fitness of every individual of the pack: mean loss on the fitness set, eval mode."""
