@@ -1,1 +1,1 @@
-"""The generation loop: creating or resuming runs, the local executor, reports, the CLI."""
+"""Driving runs: creating or resuming them, the engine-neutral driver, and the engines (local, Argo)."""

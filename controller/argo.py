@@ -1,36 +1,34 @@
-"""The cluster executor: drives a run's generations as Argo Workflows through the Kubernetes API.
+"""The Argo engine: each phase of a run (a generation, or the final stages) as one Argo Workflow,
+submitted through the Kubernetes API. The driver (esgd.controller.driver) decides what runs and
+when it is committed; this engine only submits a phase's Workflow and waits for its outcome.
 
-It decides what to run exactly like the local executor (the committed state in the store, read by
-`committed_generations`), submits that phase's Workflow (generation k, with `init` first in
-generation 0, then the final stages), waits for it, and advances when the store shows the phase
-committed. Workflow names are (run, phase, attempt), so after a restart the controller finds the
-attempts already submitted instead of submitting them again; a failed phase is submitted again
-as the next attempt, at most `generationAttempts` times in all, then the run stops with the reason.
+Workflow names are (run, phase, attempt), so after a restart the engine finds the attempts already
+submitted instead of submitting them again; the driver hands a failed phase back as the next
+attempt, at most `generationAttempts` times in all. It imports no worker code and no torch: the
+pods run the steps.
 
 It makes two Kubernetes calls, on custom objects `workflows.argoproj.io/v1alpha1`: create and get.
 """
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
-from esgd.controller.local import committed_generations, generation_summary
-from esgd.core import keys
-from esgd.core.metrics import progress_line
+from esgd.controller.driver import PhaseFailed, RunStopped
+from esgd.core.plan import Phase
+from esgd.core.spec import RunSpec
+from esgd.store.run import RunRef
 from esgd.workflows import names
 from esgd.workflows.generation import phase_workflow
 from esgd.workflows.settings import ClusterSettings
-from esgd.worker.run import Run
 
 GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "workflows"
 FINISHED = ("Succeeded", "Failed", "Error")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
-Phase = int | str  # a generation, or names.FINAL
-
-
-class ClusterRunError(Exception):
-    """The run stopped on the cluster; the message says why."""
+class ClusterRunError(RunStopped):
+    """The cluster cannot be used (no API, a refused call); the message says why."""
 
 
 class AlreadyExists(Exception):
@@ -115,18 +113,6 @@ def current_namespace(settings: ClusterSettings) -> str:
         return "default"
 
 
-def next_phase(run: Run) -> Phase | None:
-    """What runs next: the first generation not committed, then the final stages, then nothing."""
-    done = committed_generations(run)
-    if done < run.spec.generations:
-        return done
-    return None if run.store.exists(keys.final_manifest(run.id)) else names.FINAL
-
-
-def describe(phase: Phase) -> str:
-    return "the final stages" if phase == names.FINAL else f"generation {phase}"
-
-
 def failure_reason(workflow: dict) -> str:
     """The Workflow's message plus the first failed pod's, e.g. `pod deleted` or an exit code."""
     status = workflow.get("status") or {}
@@ -148,53 +134,42 @@ def cluster_check(workflows: Workflows, namespace: str, store=None, log: Callabl
         log(f"ok: store {store.uri} is reachable with these credentials (write permission is checked by the first write)")
 
 
-class Controller:
-    def __init__(
-        self, workflows: Workflows, run: Run, settings: ClusterSettings, namespace: str,
-        sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] = print,
-    ):
-        self.workflows, self.run, self.namespace = workflows, run, namespace
+class ArgoEngine:
+    """Phases as Argo Workflows (esgd.workflows.generation), one submission per attempt."""
+
+    name = "Argo"
+
+    def __init__(self, workflows: Workflows, settings: ClusterSettings, namespace: str,
+                 sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] = print):
+        self.workflows, self.namespace = workflows, namespace
         self.settings = settings.model_copy(update={"namespace": namespace})
         self.sleep, self.log = sleep, log
 
-    def drive(self) -> None:
-        """Run every phase not yet committed; raises ClusterRunError when the run stops."""
-        while (phase := next_phase(self.run)) is not None:
-            began = time.monotonic()
-            self.complete(phase)
-            if phase != names.FINAL:
-                summary = generation_summary(self.run, phase)
-                self.log(progress_line(summary, self.run.spec.generations, time.monotonic() - began))
-        self.log(f"run {self.run.id} is complete")
+    @property
+    def attempts(self) -> int:
+        return self.settings.generation_attempts
 
-    def body(self, phase: Phase, attempt: int) -> dict:
-        return phase_workflow(self.run.spec, self.settings, self.run.uri, self.run.id, phase, attempt).to_dict()
+    def split(self, spec: RunSpec) -> tuple[int, int]:
+        return self.settings.pack, self.settings.shard
 
-    def complete(self, phase: Phase) -> None:
-        """Submit (or find) attempts of `phase` until one commits it."""
-        last = ""
-        for attempt in range(self.settings.generation_attempts):
-            name = names.workflow_name(self.run.id, phase, attempt)
-            if self.workflows.get(self.namespace, name) is None:
-                try:
-                    self.workflows.create(self.namespace, self.body(phase, attempt))
-                    self.log(f"submitted {name} ({describe(phase)})")
-                except AlreadyExists:
-                    self.log(f"{name} was submitted by someone else meanwhile; waiting for it")
-            else:
-                self.log(f"found {name} from an earlier start; waiting for it")
-            outcome, reason = self.wait(name)
-            if next_phase(self.run) != phase:
-                return  # committed (also when the outcome says otherwise: e.g. a successful Workflow deleted by its TTL)
-            if outcome == "Succeeded":
-                raise ClusterRunError(
-                    f"{name} succeeded but {describe(phase)} is not committed in {self.run.uri}: "
-                    "do the pods and the controller use the same store?"
-                )
-            last = f"{name} {outcome}: {reason}"
-            left = self.settings.generation_attempts - attempt - 1
-            self.log(last + (f"; on to the next attempt ({left} left)" if left else ""))
-        raise ClusterRunError(f"{describe(phase)} failed {self.settings.generation_attempts} time(s); last: {last}")
+    def body(self, run: RunRef, phase: Phase, attempt: int) -> dict:
+        return phase_workflow(phase, self.settings, run.uri, run.id, attempt).to_dict()
+
+    def run_phase(self, run: RunRef, phase: Phase, attempt: int) -> None:
+        """Submit attempt `attempt` of the phase's Workflow (or find it, from an earlier start) and
+        wait for it; PhaseFailed when it did not succeed."""
+        name = names.workflow_name(run.id, phase.tag, attempt)
+        if self.workflows.get(self.namespace, name) is None:
+            try:
+                self.workflows.create(self.namespace, self.body(run, phase, attempt))
+                self.log(f"submitted {name} ({phase.name})")
+            except AlreadyExists:
+                self.log(f"{name} was submitted by someone else meanwhile; waiting for it")
+        else:
+            self.log(f"found {name} from an earlier start; waiting for it")
+        outcome, reason = self.wait(name)
+        if outcome != "Succeeded":
+            raise PhaseFailed(f"{name} {outcome}: {reason}")
 
     def wait(self, name: str) -> tuple[str, str]:
         """(Succeeded | Failed | Error, reason) once the Workflow has finished."""

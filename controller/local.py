@@ -1,93 +1,90 @@
-"""The local executor: runs a run's steps on this machine, on every local GPU, else the CPU.
+"""The local engines: a run on this machine, on every local GPU, else the CPU.
 
-With one device the steps run in this process. With several GPUs the steps of a stage (e.g. the
-training packs of a generation) run as `esgd-worker` subprocesses, one device each: the very
-commands an Argo workflow runs in pods.
+InProcess runs every step in this process, one after the other, and keeps what the steps write
+for the steps after them to read back. LocalGPUs runs the steps of a stage (e.g. the training
+packs of a generation) as `esgd-worker` subprocesses, one device each: the very commands an Argo
+Workflow runs in pods.
 """
 
 import math
 import subprocess
 import sys
-import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from esgd.core import keys
-from esgd.core.manifest import HISTORY, from_parquet
-from esgd.core.metrics import progress_line, summarize
-from esgd.core.plan import Step, final_stages, generation_stages
+from esgd.controller.driver import Driver, Engine
+from esgd.core.plan import Phase, Step
+from esgd.core.spec import RunSpec
 from esgd.store.base import StoreError
-from esgd.worker.cli import run_step
+from esgd.store.run import RunRef
+from esgd.worker import steps
 from esgd.worker.run import Run
 
-
-KEEP_WRITTEN = 256 << 20
-"""Bytes of checkpoints kept in memory between the steps of a one-process run (Store.keep_written):
+KEEP = 256 << 20
+"""Bytes of checkpoints an in-process run keeps in memory between its steps (esgd.store.blobs.Kept):
 the µ + λ checkpoints of a generation, for models up to about 8 MB at µ + λ = 32."""
 
 
-def local_devices(run: Run) -> list[str]:
-    if run.device_name == "auto" and torch.cuda.device_count() > 1:
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return [str(run.device)]
+class InProcess:
+    """Every step in this process, one after the other, on one device."""
 
+    name = "the in-process engine"
+    attempts = 1  # a failing step raises its own error: trying again in this process would fail the same way
 
-def _run_stage(run: Run, stage: list[Step], devices: list[str]) -> None:
-    if len(devices) == 1 or len(stage) == 1:
+    def __init__(self, device: str | None = None, keep: int = KEEP):
+        self.device, self.keep = device, keep
+        self._runs: dict[str, Run] = {}  # run URI -> the worker's view (task and data loaded once)
+
+    def split(self, spec: RunSpec) -> tuple[int, int]:
+        return spec.mu, spec.population.offspring
+
+    def worker(self, ref: RunRef) -> Run:
+        if ref.uri not in self._runs:
+            self._runs[ref.uri] = Run(ref, self.device, self.keep)
+        return self._runs[ref.uri]
+
+    def run_phase(self, run: RunRef, phase: Phase, attempt: int) -> None:
+        for stage in phase.stages:
+            self.run_stage(run, stage)
+
+    def run_stage(self, run: RunRef, stage: tuple[Step, ...]) -> None:
         for step in stage:
-            run_step(run, step.command, step.generation, step.round or 0, step.members, step.offspring)
-        return
-    procs = []
-    for i, step in enumerate(stage):
-        cmd = [sys.executable, "-m", "esgd.worker", step.command, "--run", run.uri, *step.args(), "--device", devices[i % len(devices)]]
-        procs.append((step, subprocess.Popen(cmd)))
-    failed = [step for step, proc in procs if proc.wait() != 0]
-    if failed:
-        raise StoreError(f"worker step failed: {failed[0]}")
+            steps.run(self.worker(run), step)
 
 
-def committed_generations(run: Run) -> int:
-    """How many generations are committed (the next generation to run)."""
-    done = 0
-    while done < run.spec.generations and run.store.exists(keys.parents(run.id, done + 1)):
-        done += 1
-    return done
+class LocalGPUs(InProcess):
+    """The steps of a stage as subprocesses, one per local GPU (a stage of one step in this process)."""
+
+    name = "the local GPU engine"
+
+    def __init__(self, devices: list[str]):
+        super().__init__(devices[0], keep=0)  # the subprocesses write what this process reads
+        self.devices = devices
+
+    def split(self, spec: RunSpec) -> tuple[int, int]:
+        """One step per device."""
+        return math.ceil(spec.mu / len(self.devices)), math.ceil(spec.population.offspring / len(self.devices))
+
+    def run_stage(self, run: RunRef, stage: tuple[Step, ...]) -> None:
+        if len(stage) == 1:
+            return super().run_stage(run, stage)
+        procs = []
+        for i, step in enumerate(stage):
+            cmd = [sys.executable, "-m", "esgd.cli.worker", *step.argv(run.uri), "--device", self.devices[i % len(self.devices)]]
+            procs.append((step, subprocess.Popen(cmd)))
+        failed = [step for step, proc in procs if proc.wait() != 0]
+        if failed:
+            raise StoreError(f"worker step failed: {failed[0]}")
 
 
-def generation_summary(run: Run, generation: int) -> dict:
-    rows = from_parquet(run.store.get(keys.history_part(run.id, generation)), HISTORY)
-    return summarize(rows, run.spec.m)[0]
+def local_engine(device: str | None) -> Engine:
+    """LocalGPUs when `device` is auto (or unset) and this machine has several GPUs, else InProcess."""
+    if device in (None, "", "auto") and torch.cuda.device_count() > 1:
+        return LocalGPUs([f"cuda:{i}" for i in range(torch.cuda.device_count())])
+    return InProcess(device)
 
 
-def split(run: Run, devices: list[str]) -> tuple[int, int]:
-    """(individuals per train step, offspring per evaluate step): one step per device."""
-    return math.ceil(run.spec.mu / len(devices)), math.ceil(run.spec.population.offspring / len(devices))
-
-
-def execute(run: Run, progress: Callable[[str], None] = print) -> None:
-    """Run (or resume) every remaining step of the run."""
-    devices = local_devices(run)
-    if len(devices) > 1:
-        return _execute(run, devices, progress)
-    run.store.keep_written(KEEP_WRITTEN)  # every step in this process: each reads what the one before wrote
-    try:
-        _execute(run, devices, progress)
-    finally:
-        run.store.keep_written(0)
-
-
-def _execute(run: Run, devices: list[str], progress: Callable[[str], None]) -> None:
-    spec = run.spec
-    pack, shard = split(run, devices)
-    _run_stage(run, [Step("init")], devices)
-    start = committed_generations(run)
-    if start:
-        progress(f"resuming after {start} committed generation(s)")
-    for generation in range(start, spec.generations):
-        began = time.perf_counter()
-        for stage in generation_stages(spec, generation, pack, shard):
-            _run_stage(run, stage, devices)
-        progress(progress_line(generation_summary(run, generation), spec.generations, time.perf_counter() - began))
-    for stage in final_stages(spec, pack):
-        _run_stage(run, stage, devices)
+def execute(run: RunRef, device: str | None = None, progress: Callable[[str], None] = print) -> None:
+    """Run (or resume) every remaining step of the run on this machine."""
+    Driver(run, local_engine(device or run.spec.device), progress).drive()

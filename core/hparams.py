@@ -1,55 +1,76 @@
-"""Which optimizer and hyper-parameters an individual trains with in a generation."""
+"""Which optimizer and hyper-parameters an individual trains with in a generation.
+
+HParams is the one definition of a hyper-parameter set: records hold it as a JSON object, Parquet
+tables (manifests, history) as columns named after its fields, and the spec's ranges
+(OptimizerRange) and fixed optimizers (FixedOptimizer) use the same names (a test checks it).
+"""
 
 import math
+from dataclasses import dataclass, fields, replace
+
+from pydantic import ConfigDict
 
 from esgd.core.rng import generator
 from esgd.core.schedules import value_at
-from esgd.core.spec import FixedOptimizer, RunSpec
+from esgd.core.spec import FixedOptimizer, OptimizerRange, RunSpec
 
 
-def fixed(opt: FixedOptimizer) -> dict:
-    return {
-        "optimizer": opt.optimizer,
-        "lr": opt.lr,
-        "momentum": opt.momentum,
-        "weight_decay": opt.weight_decay,
-        "beta1": opt.beta1,
-        "beta2": opt.beta2,
-        "batch_size": opt.batch_size,
-    }
+@dataclass(frozen=True)
+class HParams:
+    """The hyper-parameters one individual trains with (history columns, in this order)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # records are validated on read (esgd.core.records)
+    optimizer: str
+    """Optimizer family (esgd.core.optimizers)."""
+    lr: float
+    momentum: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+    batch_size: int
+
+    def with_lr(self, lr: float) -> "HParams":
+        return replace(self, lr=lr)
 
 
-def draw(spec: RunSpec, generation: int, member: str) -> dict:
+DRAWN = tuple(OptimizerRange.model_fields)
+"""The hyper-parameters drawn from a family's ranges, in draw order (lr, momentum, ...)."""
+LOG_UNIFORM = {"lr"}
+"""Drawn log-uniformly; the others uniformly."""
+FLOATS = tuple(f.name for f in fields(HParams) if f.type is float)
+
+
+def fixed(opt: FixedOptimizer) -> HParams:
+    """The hyper-parameters of a fixed optimizer (the single mode's, fine-tuning's)."""
+    return HParams(**{f.name: getattr(opt, f.name) for f in fields(HParams)})
+
+
+def draw(spec: RunSpec, generation: int, member: str) -> HParams:
     """Draw an optimizer family uniformly from the pool, then its hyper-parameters from their
     ranges (lr log-uniform, scaled by the generation's lr_anneal factor; the rest uniform)."""
     rng = generator(spec.seed, generation, member, "hparams")
     names = sorted(spec.sgd.optimizers)
     name = names[int(rng.integers(len(names)))]
     ranges = spec.sgd.optimizers[name]
-    u = rng.random(5)  # always five draws, so every field's draw is independent of the family
-    lr = math.exp(math.log(ranges.lr.low) + u[0] * (math.log(ranges.lr.high) - math.log(ranges.lr.low)))
-    factor = value_at(spec.sgd.lr_anneal, generation, spec.generations)
-
-    def uniform(r, x):
-        return r.low + x * (r.high - r.low)
-
-    return {
-        "optimizer": name,
-        "lr": lr * factor,
-        "momentum": uniform(ranges.momentum, u[1]),
-        "weight_decay": uniform(ranges.weight_decay, u[2]),
-        "beta1": uniform(ranges.beta1, u[3]),
-        "beta2": uniform(ranges.beta2, u[4]),
-        "batch_size": int(spec.sgd.batch_size[int(rng.integers(len(spec.sgd.batch_size)))]),
-    }
+    u = rng.random(len(DRAWN))  # every field drawn, so each field's draw is independent of the family
+    values = {}
+    for field, x in zip(DRAWN, u):
+        r = getattr(ranges, field)
+        if field in LOG_UNIFORM:
+            values[field] = math.exp(math.log(r.low) + x * (math.log(r.high) - math.log(r.low)))
+        else:
+            values[field] = float(r.low + x * (r.high - r.low))
+    values["lr"] *= value_at(spec.sgd.lr_anneal, generation, spec.generations)
+    batch_size = int(spec.sgd.batch_size[int(rng.integers(len(spec.sgd.batch_size)))])
+    return HParams(optimizer=name, batch_size=batch_size, **values)
 
 
-def for_generation(spec: RunSpec, generation: int, member: str, previous: dict | None) -> dict:
+def for_generation(spec: RunSpec, generation: int, member: str, previous: HParams | None) -> HParams:
     """Hyper-parameters of `member` in `generation`, by mode:
     esgd and no-evolution draw afresh every generation; population draws once (generation 0's
     draw, kept); single keeps its fixed optimizer and carries its (halved) lr from `previous`."""
     if spec.mode == "single":
-        return dict(previous) if previous else fixed(spec.single)
+        return previous or fixed(spec.single)
     if spec.mode == "population":
         return draw(spec, 0, member)
     return draw(spec, generation, member)

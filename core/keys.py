@@ -44,10 +44,6 @@ def checkpoint(record: str, attempt: str) -> str:
     return f"{record.removesuffix('.json')}.{attempt}.arrow"
 
 
-def train_checkpoint(run_id: str, generation: int, member: str, attempt: str) -> str:
-    return checkpoint(train_record(run_id, generation, member), attempt)
-
-
 def round_(run_id: str, generation: int, rnd: int) -> str:
     return f"{gen(run_id, generation)}/round-{rnd}"
 
@@ -68,8 +64,12 @@ def selected(run_id: str, generation: int, rnd: int) -> str:
     return f"{round_(run_id, generation, rnd)}/selected.parquet"
 
 
+def history_parts(run_id: str) -> str:
+    return f"{run(run_id)}/history"
+
+
 def history_part(run_id: str, generation: int) -> str:
-    return f"{run(run_id)}/history/gen-{generation:04d}.parquet"
+    return f"{history_parts(run_id)}/gen-{generation:04d}.parquet"
 
 
 def history(run_id: str) -> str:
@@ -94,7 +94,6 @@ def init_checkpoint(run_id: str, member: str, attempt: str) -> str:
 
 def final_record(run_id: str, member: str) -> str:
     return f"{run(run_id)}/final/train/{member}.json"
-
 
 
 def final_manifest(run_id: str) -> str:

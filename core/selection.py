@@ -1,4 +1,5 @@
-"""Selection operators: the roulette wheel and m-elitist selection. Lower fitness (loss) is better."""
+"""Selection operators: the roulette wheel and m-elitist selection, and the registries the spec
+names them from. Lower fitness (loss) is better."""
 
 import numpy as np
 
@@ -50,3 +51,24 @@ def elitist_select(rng: np.random.Generator, losses: np.ndarray, mu: int, m: int
     rest = np.sort(order[m:])
     others = [int(i) for i in rng.choice(rest, size=mu - m, replace=False)] if mu > m else []
     return elite, others
+
+
+# Registries: the spec names an operator (evolution.parents, evolution.survivors); adding one is a
+# function of the same signature registered here or from your own module (docs/architecture.md).
+
+def roulette(rng: np.random.Generator, losses: np.ndarray, rho: int, evolution) -> list[int]:
+    """ρ distinct parents by the roulette wheel of roulette_weights (evolution.roulette_floor)."""
+    return pick_parents(rng, roulette_weights(losses, evolution.roulette_floor), rho)
+
+
+PARENTS = {"roulette": roulette}
+"""name -> fn(rng, losses of the pool, rho, the spec's evolution section) -> ρ distinct pool indices."""
+SURVIVORS = {"elitist": elitist_select}
+"""name -> fn(rng, losses of the pool, mu, m) -> (elite indices best first, other survivors)."""
+
+
+def check(registry: dict, what: str, name: str) -> str:
+    """`name` if `registry` has it; ValueError for a spec field's validator otherwise."""
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r} (known: {', '.join(sorted(registry))})")
+    return name

@@ -4,15 +4,17 @@
 """
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from esgd.core import optimizers, selection
 from esgd.core.errors import InputError
 
 Mode = Literal["esgd", "population", "no-evolution", "single"]
-OptimizerName = Literal["sgd", "nesterov", "adam", "adamw", "rmsprop"]
+Family = Annotated[str, AfterValidator(lambda name: optimizers.check_name(name))]
+"""An optimizer family's name, checked against esgd.core.optimizers when the spec is read."""
 
 
 class SpecError(InputError):
@@ -96,8 +98,8 @@ class OptimizerRange(_Model):
 class FixedOptimizer(_Model):
     """One optimizer with fixed hyper-parameters (the `single` mode and fine-tuning)."""
 
-    optimizer: OptimizerName = "nesterov"
-    """Optimizer family."""
+    optimizer: Family = Field(default="nesterov", json_schema_extra=lambda schema: schema.update(enum=sorted(optimizers.FAMILIES)))
+    """Optimizer family (sgd, nesterov, adam, adamw, rmsprop, or one registered by a plug-in)."""
     lr: float = Field(default=0.05, gt=0)
     """Learning rate."""
     momentum: float = Field(default=0.9, ge=0, lt=1)
@@ -161,7 +163,10 @@ class SGDSpec(_Model):
 
     epochs: int = Field(default=1, ge=1)
     """Ks: epochs per generation; fitness is checked after each (back-off)."""
-    optimizers: dict[OptimizerName, OptimizerRange] = Field(default_factory=_default_optimizers, min_length=1)
+    optimizers: dict[Family, OptimizerRange] = Field(
+        default_factory=_default_optimizers, min_length=1,
+        json_schema_extra=lambda schema: schema.update(propertyNames={"enum": sorted(optimizers.FAMILIES)}),
+    )
     """Optimizer pool: each individual draws one family uniformly, then its hyper-parameters."""
     batch_size: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
     """Mini-batch sizes to draw from uniformly."""
@@ -187,6 +192,21 @@ class EvolutionSpec(_Model):
     """σ_k: std of the Gaussian mutation added to the mean of the ρ parents."""
     roulette_floor: float = Field(default=0.05, ge=0)
     """Weight of the worst individual on the roulette wheel, as a share of the pool's loss spread."""
+    parents: str = Field(default="roulette", json_schema_extra=lambda schema: schema.update(enum=sorted(selection.PARENTS)))
+    """How each offspring's ρ parents are picked (esgd.core.selection.PARENTS): roulette (the paper's)."""
+    survivors: str = Field(default="elitist", json_schema_extra=lambda schema: schema.update(enum=sorted(selection.SURVIVORS)))
+    """How µ survivors are chosen from the pool (esgd.core.selection.SURVIVORS): elitist (the paper's
+    m-elitist selection; Theorem 1 needs it)."""
+
+    @field_validator("parents")
+    @classmethod
+    def _known_parents(cls, value: str) -> str:
+        return selection.check(selection.PARENTS, "parent selection", value)
+
+    @field_validator("survivors")
+    @classmethod
+    def _known_survivors(cls, value: str) -> str:
+        return selection.check(selection.SURVIVORS, "survivor selection", value)
 
 
 class FinetuneSpec(FixedOptimizer):
@@ -215,11 +235,10 @@ class PackSpec(_Model):
     """bf16 autocast for the forward pass of packed training (CUDA; fitness stays in full precision)."""
     compile: bool = False
     """torch.compile the packed gradient (forward and backward), for long runs: torch compiles a
-    variant per batch size, last batch and pack size, a few seconds each, in every process (the
-    bundled digits spec: 2.7 minutes on 2 CPU cores, 1 minute with torch's disk cache warm,
-    against 6 s of uncompiled work). Then packs of small MLPs train 1.2-1.9x faster on the CPU, and
-    ResNet-20 slower (docs/PERFORMANCE.md). The compiled step rounds differently, so its history
-    matches the uncompiled one closely, not bit for bit."""
+    variant per batch size, last batch and pack size, a few seconds each, in every process, which
+    pays off only when the run trains long enough (measured gains and costs: docs/PERFORMANCE.md).
+    The compiled step rounds differently, so its history matches the uncompiled one closely, not
+    bit for bit."""
 
     @field_validator("size")
     @classmethod

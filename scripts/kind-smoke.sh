@@ -115,14 +115,15 @@ spec:
       args:
         - |
           from esgd.core import keys
-          from esgd.core.manifest import MANIFEST, from_parquet
+          from esgd.core.records import Member
+          from esgd.core.tables import rows
           from esgd.store.uri import open_run
           store, run = open_run("$STORE/runs/$RUN_ID")
-          rows = from_parquet(store.get(keys.parents(run, 2)), MANIFEST)
-          assert len(rows) == $MU, rows
+          parents = rows(store.get(keys.parents(run, 2)), Member)
+          assert len(parents) == $MU, parents
           assert store.exists(keys.final_manifest(run)), "no final manifest"
-          print("parents of generation 2:", ", ".join(r["member"] for r in rows))
-          print("best fitness %.4f" % min(r["fitness"] for r in rows))
+          print("parents of generation 2:", ", ".join(m.member for m in parents))
+          print("best fitness %.4f" % min(m.fitness for m in parents))
   volumes: [{name: tmp, emptyDir: {}}]
 YAML
 kubectl wait -n "$NAMESPACE" pod/esgd-smoke-check --for=jsonpath='{.status.phase}'=Succeeded --timeout=180s \

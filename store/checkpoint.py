@@ -5,7 +5,7 @@ flattened in state-dict order) written as an Arrow IPC stream, one record batch 
 CHUNK values, so a reader can stream it chunk by chunk. The schema's metadata holds the layout:
 name, shape, dtype and kind (param or buffer) of every entry and its offset in the vector, plus
 the integer buffers (BatchNorm's num_batches_tracked, ...), which are tiny and kept as JSON.
-The checksum lives in the record that references the checkpoint (store.base.Store.put_blob).
+The checksum lives in the record that references the checkpoint (esgd.store.blobs.Blobs.put).
 """
 
 import json
@@ -43,13 +43,6 @@ class Layout:
     def numel(self) -> int:
         return sum(e.numel for e in self.entries)
 
-    def param_mask(self) -> np.ndarray:
-        mask = np.zeros(self.numel, dtype=bool)
-        for e in self.entries:
-            if e.kind == "param":
-                mask[e.offset : e.offset + e.numel] = True
-        return mask
-
     def to_json(self) -> bytes:
         return json.dumps(
             {"entries": [e.__dict__ for e in self.entries], "ints": self.ints, "vector_dtype": self.vector_dtype}
@@ -67,16 +60,6 @@ class Layout:
 def _schema(layout: Layout) -> pa.Schema:
     return pa.schema([("values", pa.from_numpy_dtype(np.dtype(layout.vector_dtype)))],
                      metadata={b"esgd.format": FORMAT, b"esgd.layout": layout.to_json()})
-
-
-def encode_chunks(layout: Layout, chunks: Iterator[np.ndarray]) -> bytes:
-    """Write a checkpoint from an iterator of vector chunks (any sizes, in order)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, _schema(layout)) as writer:
-        for chunk in chunks:
-            for start in range(0, len(chunk), CHUNK):
-                writer.write_batch(pa.record_batch([pa.array(chunk[start : start + CHUNK])], names=["values"]))
-    return sink.getvalue().to_pybytes()
 
 
 class _Pieces:
@@ -105,7 +88,8 @@ class _Pieces:
 
 
 def encode_stream(layout: Layout, chunks: Iterator[np.ndarray]) -> Iterator[bytes]:
-    """encode_chunks as byte pieces, one record batch at a time: the same bytes, never all in memory."""
+    """A checkpoint from vector chunks (any sizes, in order), as byte pieces, one record batch at a
+    time: never all in memory."""
     sink = _Pieces()
     with pa.ipc.new_stream(sink, _schema(layout)) as writer:
         for chunk in chunks:
@@ -117,7 +101,7 @@ def encode_stream(layout: Layout, chunks: Iterator[np.ndarray]) -> Iterator[byte
 
 def read_stream(source) -> tuple[Layout, Iterator[np.ndarray]]:
     """Layout and vector chunks of a checkpoint read from a binary file object (e.g. a
-    Store.open_verified stream), one record batch at a time: memory holds a chunk, not the checkpoint."""
+    Blobs.open stream), one record batch at a time: memory holds a chunk, not the checkpoint."""
     reader = _open(source)
     layout = Layout.from_json(reader.schema.metadata[b"esgd.layout"])
     return layout, (batch.column(0).to_numpy(zero_copy_only=True) for batch in reader)
@@ -126,7 +110,7 @@ def read_stream(source) -> tuple[Layout, Iterator[np.ndarray]]:
 def encode(layout: Layout, vector: np.ndarray) -> bytes:
     if len(vector) != layout.numel:
         raise ValueError(f"vector has {len(vector)} values, layout {layout.numel}")
-    return encode_chunks(layout, iter([np.ascontiguousarray(vector, dtype=layout.vector_dtype)]))
+    return b"".join(encode_stream(layout, iter([np.ascontiguousarray(vector, dtype=layout.vector_dtype)])))
 
 
 def _open(data) -> pa.ipc.RecordBatchStreamReader:

@@ -5,14 +5,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from esgd.core.records import BlobRef
 from esgd.store.base import NotFound, Store, StoreError
 
 
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 class LocalStore(Store):
-    computing_at_once = min(4, CORES)
+    local = True
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().absolute()
@@ -70,7 +68,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             raise NotFound(f"{self.uri}/{key} not found") from None
 
-    def _write_stream(self, key: str, pieces) -> dict:
+    def write_stream(self, key: str, pieces) -> BlobRef:
         path = self._path(key)
         fd, tmp = self._mkstemp(path)
         digest, size = hashlib.sha256(), 0
@@ -84,7 +82,7 @@ class LocalStore(Store):
         except BaseException:
             os.unlink(tmp)
             raise
-        return {"checkpoint": key, "sha256": digest.hexdigest(), "size": size}
+        return BlobRef(key, digest.hexdigest(), size)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

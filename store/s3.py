@@ -30,6 +30,7 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
 
+from esgd.core.records import BlobRef
 from esgd.store.base import NotFound, Store, StoreError, redacted
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ class S3Store(Store):
         except bex.BotoCoreError as error:  # e.g. a profile that does not exist, an invalid endpoint URL
             raise StoreError(f"cannot configure S3 for {self.uri}: {self._scrub(_one_line(error))}") from None
         self.endpoint = redacted(self.client.meta.endpoint_url or "")
-        self.objects_at_once = self.computing_at_once = self.settings.objects
+        self.objects_at_once = self.settings.objects
 
     @classmethod
     def from_uri(cls, uri: str) -> "S3Store":
@@ -254,7 +255,7 @@ class S3Store(Store):
                 return True
             except bex.ClientError as error:
                 # 412: the key exists. A retried PUT whose first try did land gets 412 too: the
-                # object is then ours, and commit_json reads it back, so the outcome is the same.
+                # object is then ours, and Store.commit reads it back, so the outcome is the same.
                 if _status(error) == 412 or _code(error) == "PreconditionFailed":
                     return False
                 raise
@@ -345,7 +346,7 @@ class S3Store(Store):
     def open_read(self, key: str) -> BinaryIO:
         return _ObjectReader(self, key)
 
-    def _write_stream(self, key: str, pieces: Iterable[bytes]) -> dict:
+    def write_stream(self, key: str, pieces: Iterable[bytes]) -> BlobRef:
         """Upload byte pieces as they come, re-cut into parts: memory holds (concurrency + 2)
         parts at most, whatever the object's size."""
         digest, size = hashlib.sha256(), 0
@@ -366,7 +367,7 @@ class S3Store(Store):
             yield bytes(buffer)
 
         self._upload(key, parts())
-        return {"checkpoint": key, "sha256": digest.hexdigest(), "size": size}
+        return BlobRef(key, digest.hexdigest(), size)
 
     def _upload(self, key: str, parts: Iterator[bytes]) -> None:
         """Write an object from its parts (all part_size bytes but the last). One part: a single

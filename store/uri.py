@@ -10,9 +10,15 @@ from esgd.store.local import LocalStore
 DEFAULT_STORE = "esgd-runs"
 
 
+def store_uri(uri: str | None, local_default: bool = True) -> str | None:
+    """The store a command uses: `uri`, else $ESGD_STORE, else ./esgd-runs (with `local_default`;
+    without it None, for commands whose store pods must reach)."""
+    return uri or os.environ.get("ESGD_STORE") or (DEFAULT_STORE if local_default else None)
+
+
 def open_store(uri: str | None = None) -> Store:
-    """A store from a URI: a local path or file:// URI, or s3://bucket/prefix."""
-    uri = uri or os.environ.get("ESGD_STORE") or DEFAULT_STORE
+    """A store from a URI (default: store_uri's): a local path or file:// URI, or s3://bucket/prefix."""
+    uri = store_uri(uri)
     scheme = urlparse(uri).scheme
     if scheme in ("", "file"):
         return LocalStore(unquote(urlparse(uri).path) if scheme == "file" else uri)

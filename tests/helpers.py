@@ -1,14 +1,17 @@
-"""Small helpers shared by the engine tests: a tiny spec and ways to read a run back."""
+"""Small helpers shared by the engine tests: a tiny spec and ways to start, run and read a run back."""
 
 import copy
 
 import yaml
 
-from esgd.controller.cli import main
+from esgd.cli.main import main
+from esgd.controller import local
 from esgd.controller.runs import create_or_resume
 from esgd.core import keys
-from esgd.core.manifest import HISTORY, from_parquet
+from esgd.core.plan import Step, phases
+from esgd.core.records import HistoryRow
 from esgd.core.spec import parse_spec
+from esgd.core.tables import read_table
 from esgd.store.uri import open_run, open_store
 from esgd.worker.run import Run
 
@@ -42,7 +45,7 @@ def write_spec(path, data: dict) -> str:
 
 def history(run_uri: str) -> list[dict]:
     store, run_id = open_run(run_uri)
-    return from_parquet(store.get(keys.history(run_id)), HISTORY)
+    return read_table(store.get(keys.history(run_id)), HistoryRow).to_pylist()
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -53,8 +56,16 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def start(store_uri: str, data: dict, run_id: str) -> Run:
-    """A created (not yet executed) run of `data` on the CPU."""
-    store = open_store(store_uri)
-    spec = parse_spec(data)
-    create_or_resume(store, spec, run_id)
-    return Run(store, run_id, spec, "cpu")
+    """A created (not yet executed) run of `data`, as a worker on the CPU sees it."""
+    run, _ = create_or_resume(open_store(store_uri), parse_spec(data), run_id)
+    return Run(run, "cpu")
+
+
+def execute(run: Run) -> None:
+    """Every remaining step of the run, on the CPU, with the local engine (what `esgd run` does)."""
+    local.execute(run.ref, "cpu", progress=lambda line: None)
+
+
+def all_steps(spec, pack: int, shard: int = 2) -> list[Step]:
+    """Every step of the plan, in order."""
+    return [step for phase in phases(spec, pack, shard) for step in phase.steps()]

@@ -2,6 +2,7 @@
 
 import torch
 
+from esgd.core.hparams import HParams
 from esgd.worker.task import Task
 from esgd.worker.tasks.mlp import mlp
 from esgd.worker.train import fitness, train
@@ -15,7 +16,7 @@ def _task():
 
 
 def _hp(lr):
-    return {"optimizer": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "batch_size": 32}
+    return HParams(optimizer="sgd", lr=lr, momentum=0.0, weight_decay=0.0, beta1=0.9, beta2=0.999, batch_size=32)
 
 
 def _start(task):
@@ -63,7 +64,7 @@ def test_single_mode_halves_the_lr_on_each_backoff():
     model, f0 = _start(task)
     result = train(model, task, task.train, task.fitness, _hp(1e4), 3, f0, 1.0, (0, 0, "m"), halve_lr=True)
     assert result.backoffs >= 1
-    assert result.hparams["lr"] == 1e4 / 2**result.backoffs
+    assert result.hparams.lr == 1e4 / 2**result.backoffs
 
 
 def test_training_is_deterministic():

@@ -4,7 +4,7 @@ import datetime
 
 import pytest
 
-from esgd.controller.cli import main
+from esgd.cli.main import main
 from esgd.store.uri import open_store
 
 from helpers import tiny, write_spec
@@ -93,7 +93,7 @@ def test_resuming_with_a_different_spec_is_refused(store_uri, tmp_path, capsys):
 
 
 def test_worker_rejects_bad_ranges(store_uri, tmp_path, capsys):
-    from esgd.worker.cli import main as worker
+    from esgd.cli.worker import main as worker
 
     spec_file = write_spec(tmp_path / "spec.yaml", tiny(generations=1))
     code, uri, _ = _run(capsys, "run", spec_file, "--store", store_uri)

@@ -13,7 +13,7 @@ import yaml
 helm = pytest.importorskip("helm_python")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
-from esgd.controller.cli import parser as esgd_parser  # noqa: E402
+from esgd.cli.main import parser as esgd_parser  # noqa: E402
 from esgd.core.spec import load_spec  # noqa: E402
 from esgd.workflows.settings import ClusterSettings, json_schema, parse_settings  # noqa: E402
 

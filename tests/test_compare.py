@@ -3,8 +3,9 @@ Fig. 1 and Fig. 2 with every mode, resuming, and bad input."""
 
 import json
 
-from esgd.controller.cli import main
+from esgd.cli.main import main
 from esgd.core import keys
+from esgd.core.records import FinalSummary
 from esgd.store.uri import open_run
 
 from helpers import history, tiny, write_spec
@@ -28,9 +29,9 @@ def test_compare_runs_four_modes_and_prints_table_1(store_uri, tmp_path, capsys)
     for r in results:
         assert r["run"].endswith(f"-{r['mode']}") and r["metric_name"] == "error rate" and r["error rate"] == r["metric"]
         store, run_id = open_run(r["run"])
-        summary = store.get_json(keys.final_summary(run_id))
-        assert r["best"] == summary["best_fitness"] == r["top15"][0] <= r["top15"][1]
-        assert r["metric"] == summary["metric"] and r["best_member"] == summary["best_member"]
+        summary = store.read(keys.final_summary(run_id), FinalSummary)
+        assert r["best"] == summary.best_fitness == r["top15"][0] <= r["top15"][1]
+        assert r["metric"] == summary.metric and r["best_member"] == summary.best_member
         assert f"mode: {r['mode']}" in store.get(keys.spec(run_id)).decode()
         rows = history(r["run"])
         assert {row["generation"] for row in rows} == {0, 1}  # the same budget: K generations of Ks epochs

@@ -13,21 +13,19 @@ from pathlib import Path
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from esgd.controller.argo import (
-    AlreadyExists, ClusterRunError, Controller, KubernetesWorkflows, cluster_check, failure_reason, next_phase,
-)
+from esgd.cli import worker as worker_cli
+from esgd.controller.argo import AlreadyExists, ArgoEngine, ClusterRunError, KubernetesWorkflows, cluster_check, failure_reason
+from esgd.controller.driver import Driver, RunStopped, committed_generations
 from esgd.controller.runs import create_or_resume
-from esgd.core import keys
-from esgd.core.plan import Step, final_stages, generation_stages
+from esgd.core import keys, plan
 from esgd.core.spec import load_spec
+from esgd.store.run import RunRef
 from esgd.store.uri import open_store
-from esgd.worker import cli as worker_cli
-from esgd.worker.run import Run
 from esgd.workflows import names
 from esgd.workflows.check import hera_problems, schema_problems
 from esgd.workflows.settings import parse_settings
 
-ARGO_SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "argo" / "workflow-v4.1.2.schema.json"
+from test_workflows import ARGO_SCHEMA
 NAMESPACE = "esgd"
 SPEC = """
 name: tiny
@@ -102,31 +100,34 @@ class FakeWorkflows:
 
 
 @pytest.fixture
-def run(tmp_path) -> Run:
-    store = open_store(str(tmp_path / "store"))
-    spec = load_spec(SPEC)
-    run_id, _ = create_or_resume(store, spec, "tiny-run")
-    return Run(store, run_id, spec, "cpu")
+def run(tmp_path) -> RunRef:
+    run, _ = create_or_resume(open_store(str(tmp_path / "store")), load_spec(SPEC), "tiny-run")
+    return run
 
 
-def controller(fake, run, log=None, **settings) -> Controller:
-    sleeps = []
-    ctl = Controller(fake, run, parse_settings({"pollSeconds": 5, **settings}), NAMESPACE,
-                     sleep=sleeps.append, log=(log if log is not None else (lambda line: None)))
-    ctl.sleeps = sleeps
-    return ctl
+def controller(fake, run, log=None, **settings) -> Driver:
+    """The driver with the Argo engine, as `esgd controller` makes them; `.sleeps` records the polls."""
+    sleeps, log = [], log if log is not None else (lambda line: None)
+    engine = ArgoEngine(fake, parse_settings({"pollSeconds": 5, **settings}), NAMESPACE, sleep=sleeps.append, log=log)
+    driver = Driver(run, engine, log)
+    driver.sleeps = sleeps
+    return driver
 
 
-def expected_commands(run: Run, phases) -> list[list[str]]:
-    """The worker commands of the local executor's plan for these phases (pack 1, shard 4)."""
-    out = []
-    for phase in phases:
-        if phase == names.FINAL:
-            stages = final_stages(run.spec, 1)
-        else:
-            stages = ([[Step("init")]] if phase == 0 else []) + generation_stages(run.spec, phase, 1, 4)
-        out += [["esgd-worker", s.command, "--run", run.uri, *s.args()] for stage in stages for s in stage]
-    return out
+def phase(run: RunRef, generation: int | None) -> plan.Phase:
+    """A phase as the Argo engine's default settings cut it (pack 1, shard 4)."""
+    return plan.final(run.spec, 1) if generation is None else plan.generation(run.spec, generation, 1, 4)
+
+
+def next_phase(run: RunRef) -> int | str | None:
+    """The next phase to run: a generation, "final", or None when the run is complete."""
+    pending = Driver(run, ArgoEngine(None, parse_settings({}), NAMESPACE)).remaining(committed_generations(run))
+    return None if not pending else "final" if pending[0].generation is None else pending[0].generation
+
+
+def expected_commands(run: RunRef, generations) -> list[list[str]]:
+    """The worker commands of the plan for these phases (None: the final one)."""
+    return [["esgd-worker", *s.argv(run.uri)] for g in generations for s in phase(run, g).steps()]
 
 
 def created_names(fake) -> list[str]:
@@ -138,7 +139,7 @@ def test_runs_every_phase_with_the_plans_commands(run):
     ctl = controller(fake, run, log=lines.append)
     ctl.drive()
     assert created_names(fake) == ["tiny-run-g0000-a0", "tiny-run-g0001-a0", "tiny-run-final-a0"]
-    assert fake.commands == expected_commands(run, [0, 1, names.FINAL])
+    assert fake.commands == expected_commands(run, [0, 1, None])
     assert run.store.exists(keys.final_manifest(run.id)) and next_phase(run) is None
     assert ctl.sleeps == [5.0] * 3  # per phase: seen Running once (one poll interval), then finished
     assert any(line.startswith("gen   2/2") for line in lines) and lines[-1] == "run tiny-run is complete"
@@ -153,8 +154,7 @@ def test_request_bodies_are_valid_argo_workflows(run):
         assert body["metadata"]["namespace"] == namespace == NAMESPACE
         assert body["apiVersion"] == "argoproj.io/v1alpha1" and body["kind"] == "Workflow"
         assert hera_problems(body) == []
-        if ARGO_SCHEMA.is_file():
-            assert schema_problems(body, ARGO_SCHEMA) == []
+        assert schema_problems(body, ARGO_SCHEMA) == []
 
 
 def test_a_failed_generation_is_submitted_again(run):
@@ -166,9 +166,9 @@ def test_a_failed_generation_is_submitted_again(run):
 
 
 def test_stops_with_the_reason_after_the_last_attempt(run):
-    failing = {names.workflow_name(run.id, 0, a): ("Failed", "node shutdown") for a in range(2)}
+    failing = {names.workflow_name(run.id, "g0000", a): ("Failed", "node shutdown") for a in range(2)}
     fake = FakeWorkflows(failing)
-    with pytest.raises(ClusterRunError, match=r"generation 0 failed 2 time\(s\); last: tiny-run-g0000-a1 Failed: node shutdown"):
+    with pytest.raises(RunStopped, match=r"generation 0 failed 2 time\(s\); last: tiny-run-g0000-a1 Failed: node shutdown"):
         controller(fake, run, generationAttempts=2).drive()
     assert created_names(fake) == ["tiny-run-g0000-a0", "tiny-run-g0000-a1"]
 
@@ -179,7 +179,7 @@ def test_a_failing_worker_fails_the_workflow_and_the_run(run):
     fake = FakeWorkflows()
     ctl = controller(fake, run, generationAttempts=1)
     run.store.put(keys.spec(run.id), b"not: [a valid spec")  # every worker now exits 2
-    with pytest.raises(ClusterRunError, match="child 'init' failed"):
+    with pytest.raises(RunStopped, match="child 'init' failed"):
         ctl.drive()
 
 
@@ -188,21 +188,21 @@ def test_restart_continues_from_the_committed_state(run):
     attempt an earlier controller left running instead of submitting it twice."""
     fake = FakeWorkflows()
     first = controller(fake, run)
-    first.complete(0)
-    first.workflows.create(NAMESPACE, first.body(1, 0))  # submitted, then the controller died
-    fresh = Run.open(run.uri, "cpu")
+    first.complete(phase(run, 0))
+    fake.create(NAMESPACE, first.engine.body(run, phase(run, 1), 0))  # submitted, then the controller died
+    fresh = RunRef.open(run.uri)
     lines = []
     controller(fake, fresh, log=lines.append).drive()
     assert created_names(fake) == ["tiny-run-g0000-a0", "tiny-run-g0001-a0", "tiny-run-final-a0"]
     assert "found tiny-run-g0001-a0 from an earlier start; waiting for it" in lines
-    assert fake.commands == expected_commands(run, [0, 1, names.FINAL])
+    assert fake.commands == expected_commands(run, [0, 1, None])
 
 
 def test_a_finished_run_submits_nothing(run):
     fake = FakeWorkflows()
     controller(fake, run).drive()
     again = FakeWorkflows()
-    controller(again, Run.open(run.uri, "cpu")).drive()
+    controller(again, RunRef.open(run.uri)).drive()
     assert again.created == []
 
 
@@ -211,9 +211,9 @@ def test_a_double_submission_is_detected_not_duplicated(run):
     answers 409 (same deterministic name) and we wait for that Workflow."""
     fake, lines = FakeWorkflows(), []
     other = controller(fake, run)
-    other.workflows.create(NAMESPACE, other.body(0, 0))
+    fake.create(NAMESPACE, other.engine.body(run, phase(run, 0), 0))
     fake.hidden_once.add("tiny-run-g0000-a0")
-    controller(fake, run, log=lines.append).complete(0)
+    controller(fake, run, log=lines.append).complete(phase(run, 0))
     assert created_names(fake) == ["tiny-run-g0000-a0", "tiny-run-g0000-a0"]  # the second got 409
     assert len([c for c in fake.commands if c[1] == "init"]) == 1
     assert any("submitted by someone else" in line for line in lines)
@@ -221,7 +221,7 @@ def test_a_double_submission_is_detected_not_duplicated(run):
 
 def test_success_without_a_commit_is_an_error(run):
     fake = FakeWorkflows({"tiny-run-g0000-a0": ("Succeeded", "")})
-    with pytest.raises(ClusterRunError, match="not committed"):
+    with pytest.raises(RunStopped, match="not committed"):
         controller(fake, run).drive()
 
 
@@ -235,7 +235,7 @@ def test_a_deleted_workflow_counts_as_a_failed_attempt(run):
             return obj
 
     fake, lines = Deleting(), []
-    controller(fake, run, log=lines.append).complete(0)
+    controller(fake, run, log=lines.append).complete(phase(run, 0))
     assert "tiny-run-g0000-a0 Error: the Workflow was deleted; on to the next attempt (2 left)" in lines
     assert next_phase(run) == 1
 
@@ -251,7 +251,7 @@ def test_a_successful_workflow_deleted_before_it_was_seen_counts_as_success(run)
             return obj
 
     fake, lines = DeletingOnSuccess(), []
-    controller(fake, run, log=lines.append).complete(0)
+    controller(fake, run, log=lines.append).complete(phase(run, 0))
     assert created_names(fake) == ["tiny-run-g0000-a0"] and next_phase(run) == 1
 
 
@@ -313,7 +313,7 @@ def test_controller_cli_creates_then_resumes_a_run(tmp_path, monkeypatch, capsys
     """`esgd controller SPEC --store ... --settings ...` drives the run to its end and prints its
     URI; `esgd controller RUN_URI` later finds it complete and submits nothing."""
     import esgd.controller.argo as argo
-    from esgd.controller.cli import main
+    from esgd.cli.main import main
 
     fakes = []
     monkeypatch.setattr(argo, "KubernetesWorkflows", lambda: fakes.append(FakeWorkflows()) or fakes[-1])

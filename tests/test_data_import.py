@@ -16,11 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from esgd.controller.cli import main
-from esgd.controller.data_import import DataError, load_batch, run_import
+from esgd.cli.main import main
+from esgd.worker.data.imports import DataError, load_batch, run_import
 from esgd.store.base import IntegrityError
 from esgd.store.uri import open_store
-from esgd.worker.tasks import cifar10, dataset, ptb, speech
+from esgd.worker.data import dataset
+from esgd.worker.tasks import cifar10, ptb, speech
 
 
 # Sources in their real formats --------------------------------------------------------------------

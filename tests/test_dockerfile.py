@@ -66,7 +66,7 @@ def test_runs_as_the_non_root_user_the_pods_expect():
 def test_entrypoint_and_the_commands_the_pods_run():
     assert [a for op, a in final_stage() if op == "ENTRYPOINT"] == ['["esgd"]']
     scripts = PYPROJECT["project"]["scripts"]
-    assert scripts["esgd"] == "esgd.controller.cli:entry" and scripts["esgd-worker"] == "esgd.worker.cli:entry"
+    assert scripts["esgd"] == "esgd.cli.main:entry" and scripts["esgd-worker"] == "esgd.cli.worker:entry"
 
 
 def test_installs_the_wheel_built_from_the_source():

@@ -6,23 +6,17 @@ import sys
 
 import pytest
 
-from esgd.controller.local import execute, local_devices, split
+from esgd.controller.local import local_engine
 from esgd.core import keys
 from esgd.core.metrics import summarize
-from esgd.core.plan import Step, final_stages, generation_stages
+from esgd.core.plan import Step
+from esgd.core.records import FinalSummary, OffspringRecord
 from esgd.store.uri import open_store, run_uri
-from esgd.worker.cli import run_step
+from esgd.worker import steps
 from esgd.worker.run import Run
+from esgd.worker.transfers import Transfers
 
-from helpers import history, run_cli, start, tiny, write_spec
-
-
-def all_steps(spec, pack: int, shard: int = 2) -> list[Step]:
-    stages = [[Step("init")]]
-    for generation in range(spec.generations):
-        stages += generation_stages(spec, generation, pack, shard)
-    stages += final_stages(spec, pack)
-    return [step for stage in stages for step in stage]
+from helpers import all_steps, execute, history, run_cli, start, tiny, write_spec
 
 
 def test_end_to_end_run_and_report(store_uri, tmp_path, capsys):
@@ -62,7 +56,7 @@ def test_end_to_end_run_and_report(store_uri, tmp_path, capsys):
 
 def test_theorem_1_best_and_elite_mean_never_increase(store_uri):
     run = start(store_uri, tiny(generations=5, population={"mu": 6, "offspring": 6, "elite": 3}), "thm")
-    execute(run, progress=lambda line: None)
+    execute(run)
     rows = history(run.uri)
     summaries = summarize(rows, run.spec.m)
     best = [s["best"] for s in summaries]
@@ -78,11 +72,11 @@ def test_theorem_1_best_and_elite_mean_never_increase(store_uri):
 def test_same_spec_same_history(store_uri):
     a = start(store_uri, tiny(), "a")
     b = start(store_uri, tiny(), "b")
-    execute(a, progress=lambda line: None)
-    execute(b, progress=lambda line: None)
+    execute(a)
+    execute(b)
     assert history(a.uri) == history(b.uri)
     c = start(store_uri, tiny(seed=8), "c")
-    execute(c, progress=lambda line: None)
+    execute(c)
     assert history(c.uri) != history(a.uri)
 
 
@@ -90,37 +84,37 @@ def test_evolve_makes_the_same_offspring_one_or_several_at_once(store_uri):
     made = []
     for at_once in (1, 4):
         run = start(store_uri, tiny(generations=1), f"at-once-{at_once}")
-        run.store.computing_at_once = at_once
-        for command, generation in (("init", None), ("train", 0), ("evolve", 0)):
-            run_step(run, command, generation, 0)
-        records = [run.store.get_json(keys.offspring_record(run.id, 0, 0, keys.member_id(0, 0, i)))
+        run.transfers = Transfers(run.transfers.objects, computing=at_once)
+        for step in (Step("init"), Step("train", 0), Step("evolve", 0, 0)):
+            steps.run(run, step)
+        records = [run.store.read(keys.offspring_record(run.id, 0, 0, keys.member_id(0, 0, i)), OffspringRecord)
                    for i in range(run.spec.population.offspring)]
-        made.append([(r["sha256"], r["parents"]) for r in records])
+        made.append([(r.checkpoint.sha256, r.parents) for r in records])
     assert made[0] == made[1]
 
 
 def test_stopped_between_any_two_steps_and_resumed_gives_the_same_history(store_uri):
     data = tiny(generations=2, finetune={"epochs": 1}, sgd={"batch_size": [64]})
     reference = start(store_uri, data, "uninterrupted")
-    execute(reference, progress=lambda line: None)
+    execute(reference)
     expected = history(reference.uri)
-    steps = all_steps(reference.spec, *split(reference, local_devices(reference)))  # the executor's own steps
-    for stop in range(1, len(steps)):
+    plan = all_steps(reference.spec, *local_engine("cpu").split(reference.spec))  # the engine's own steps
+    for stop in range(1, len(plan)):
         run = start(store_uri, data, f"stop-{stop}")
-        for step in steps[:stop]:
-            run_step(run, step.command, step.generation, step.round or 0, step.members, step.offspring)
+        for step in plan[:stop]:
+            steps.run(run, step)
         resumed = Run.open(run.uri, "cpu")  # a fresh driver
-        execute(resumed, progress=lambda line: None)
-        assert history(run.uri) == expected, f"stopped after step {stop}: {steps[stop - 1]}"
+        execute(resumed)
+        assert history(run.uri) == expected, f"stopped after step {stop}: {plan[stop - 1]}"
 
 
 def test_a_train_step_that_died_between_two_commits_completes_identically(store_uri):
     data = tiny(generations=1, sgd={"batch_size": [64]})
     reference = start(store_uri, data, "whole")
-    execute(reference, progress=lambda line: None)
+    execute(reference)
     run = start(store_uri, data, "died")
-    run_step(run, "init", None, 0)
-    commit, calls = run.store.commit_json, []
+    steps.run(run, Step("init"))
+    commit, calls = run.store.commit, []
 
     def dies_after_two_commits(key, record):
         if len(calls) == 2:
@@ -128,20 +122,20 @@ def test_a_train_step_that_died_between_two_commits_completes_identically(store_
         calls.append(key)
         return commit(key, record)
 
-    run.store.commit_json = dies_after_two_commits
+    run.store.commit = dies_after_two_commits
     with pytest.raises(KeyboardInterrupt):
-        run_step(run, "train", 0, 0, (0, 4))
+        steps.run(run, Step("train", 0, members=(0, 4)))
     assert len(run.store.list(f"{keys.gen(run.id, 0)}/train")) > 2  # two records and some checkpoints
-    execute(Run.open(run.uri, "cpu"), progress=lambda line: None)
+    execute(Run.open(run.uri, "cpu"))
     assert history(run.uri) == history(reference.uri)
 
 
 def test_rerunning_a_committed_step_changes_nothing(store_uri):
     run = start(store_uri, tiny(generations=1), "rerun")
-    execute(run, progress=lambda line: None)
+    execute(run)
     before = {k: run.store.get(k) for k in run.store.list(keys.run(run.id))}
     for step in all_steps(run.spec, pack=4):
-        run_step(run, step.command, step.generation, step.round or 0, step.members, step.offspring)
+        steps.run(run, step)
     after = {k: run.store.get(k) for k in run.store.list(keys.run(run.id))}
     assert after == before
 
@@ -149,10 +143,10 @@ def test_rerunning_a_committed_step_changes_nothing(store_uri):
 def test_worker_commands_as_subprocesses_match_the_in_process_run(store_uri):
     data = tiny(generations=1)
     in_process = start(store_uri, data, "inproc")
-    execute(in_process, progress=lambda line: None)
+    execute(in_process)
     by_cli = start(store_uri, data, "bycli")
-    for step in all_steps(by_cli.spec, *split(by_cli, ["cpu"])):
-        cmd = [sys.executable, "-m", "esgd.worker", step.command, "--run", by_cli.uri, *step.args(), "--device", "cpu"]
+    for step in all_steps(by_cli.spec, *local_engine("cpu").split(by_cli.spec)):
+        cmd = [sys.executable, "-m", "esgd.cli.worker", *step.argv(by_cli.uri), "--device", "cpu"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
     assert history(by_cli.uri) == history(in_process.uri)
@@ -160,7 +154,7 @@ def test_worker_commands_as_subprocesses_match_the_in_process_run(store_uri):
 
 def test_population_mode_keeps_each_individuals_hyper_parameters(store_uri):
     run = start(store_uri, tiny(mode="population"), "pop")
-    execute(run, progress=lambda line: None)
+    execute(run)
     rows = history(run.uri)
     assert all(r["role"] == "parent" for r in rows)
     by_member = {}
@@ -171,7 +165,7 @@ def test_population_mode_keeps_each_individuals_hyper_parameters(store_uri):
 
 def test_no_evolution_mode_redraws_and_never_recombines(store_uri):
     run = start(store_uri, tiny(mode="no-evolution"), "noevo")
-    execute(run, progress=lambda line: None)
+    execute(run)
     rows = history(run.uri)
     assert all(r["role"] == "parent" for r in rows) and len({r["member"] for r in rows}) == 4
     lrs = [r["lr"] for r in rows if r["member"] == "init-000"]
@@ -180,7 +174,7 @@ def test_no_evolution_mode_redraws_and_never_recombines(store_uri):
 
 def test_single_mode_trains_one_model_and_halves_its_lr(store_uri):
     run = start(store_uri, tiny(mode="single", single={"optimizer": "sgd", "lr": 50.0, "momentum": 0.0}), "single")
-    execute(run, progress=lambda line: None)
+    execute(run)
     rows = history(run.uri)
     assert [r["member"] for r in rows] == ["init-000"] * 3
     assert rows[0]["backoffs"] >= 1
@@ -190,22 +184,22 @@ def test_single_mode_trains_one_model_and_halves_its_lr(store_uri):
 
 def test_reference_model_and_init_from_checkpoint(store_uri, tmp_path):
     base = start(store_uri, tiny(generations=1), "base")
-    execute(base, progress=lambda line: None)
-    best = base.store.get_json(keys.final_summary(base.id))
+    execute(base)
+    best = base.store.read(keys.final_summary(base.id), FinalSummary)
     checkpoint_file = tmp_path / "best.arrow"
-    checkpoint_file.write_bytes(base.store.get_verified(best))
+    checkpoint_file.write_bytes(base.blobs.get(best.checkpoint))
 
     data = tiny(generations=2, reference={"checkpoint": str(checkpoint_file)},
                 population={"init": {"checkpoint": str(checkpoint_file), "sigma": 0.01}})
     run = start(store_uri, data, "ref")
-    execute(run, progress=lambda line: None)
+    execute(run)
     rows = history(run.uri)
     refs = [r for r in rows if r["role"] == "reference"]
     assert [r["member"] for r in refs] == ["g0000-r0-ref", "g0001-r0-ref"]
-    assert refs[0]["fitness"] == refs[1]["fitness"] == pytest.approx(best["best_fitness"])
+    assert refs[0]["fitness"] == refs[1]["fitness"] == pytest.approx(best.best_fitness)
     initial = [r["fitness_before"] for r in rows if r["generation"] == 0 and r["role"] == "parent"]
     assert len(set(initial)) == 4  # perturbed individually ...
-    assert all(abs(f - best["best_fitness"]) < 0.2 for f in initial)  # ... around the checkpoint
+    assert all(abs(f - best.best_fitness) < 0.2 for f in initial)  # ... around the checkpoint
 
 
 def test_run_uri_is_printed_and_an_existing_run_resumes(store_uri, tmp_path, capsys):

@@ -11,16 +11,18 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from esgd.controller.lineage import lineage, read_history, replay
-from esgd.controller.local import execute
+from esgd.analysis.lineage import lineage
+from esgd.analysis.replay import replay
+from esgd.analysis.report import read_history
 from esgd.core import keys
+from esgd.core.records import FinalSummary
 from esgd.store import checkpoint
 from esgd.store.uri import open_store
 from esgd.worker.run import Run
 from esgd.worker.train import fitness
 from esgd.worker.weights import load_into
 
-from helpers import history, run_cli as cli, start as created, tiny, write_spec
+from helpers import execute, history, run_cli as cli, start as created, tiny, write_spec
 
 HP = ("optimizer", "lr", "momentum", "weight_decay", "beta1", "beta2", "batch_size")
 ONE_AT_A_TIME = {"pack": {"size": 1}}
@@ -30,7 +32,7 @@ ESGD = tiny(generations=4, seed=24, finetune={"epochs": 1}, **ONE_AT_A_TIME)
 def start(store_uri: str, data: dict, run_id: str) -> Run:
     """A run, executed to the end."""
     run = created(store_uri, data, run_id)
-    execute(run, progress=lambda line: None)
+    execute(run)
     return run
 
 
@@ -43,7 +45,7 @@ def test_lineage_cli_ancestry_dot_and_parquet(store_uri, tmp_path, capsys):
     spec = write_spec(tmp_path / "spec.yaml", ESGD)
     code, uri, err = cli(capsys, "run", spec, "--store", store_uri)
     assert code == 0, err
-    winner = open_store(store_uri).get_json(keys.final_summary(uri.rsplit("/", 1)[1]))["best_member"]
+    winner = open_store(store_uri).read(keys.final_summary(uri.rsplit("/", 1)[1]), FinalSummary).best_member
     code, out, err = cli(capsys, "lineage", uri, "--dot", str(tmp_path / "g.dot"), "--parquet", str(tmp_path / "g.parquet"))
     assert code == 0, err
     assert f"member {winner} (the winner)" in out and "line (fittest parent at each birth)" in out
@@ -93,18 +95,18 @@ def _assert_exact(steps: list[dict]) -> None:
 def test_replay_repeats_a_run_without_evolution_exactly(tmp_path, capsys):
     data = tiny(mode="no-evolution", generations=3, sgd={"backoff": 0.5}, finetune={"epochs": 1}, **ONE_AT_A_TIME)
     run = start(str(tmp_path), data, "noevo")
-    summary = run.store.get_json(keys.final_summary(run.id))
+    summary = run.store.read(keys.final_summary(run.id), FinalSummary)
     out_file = tmp_path / "replayed.arrow"
     code, out, err = cli(capsys, "replay", run.uri, "--json", "--out", str(out_file))
     assert code == 0, err
     result = json.loads(out)
-    assert result["member"] == summary["best_member"] and result["line"] == [summary["best_member"]]
+    assert result["member"] == summary.best_member and result["line"] == [summary.best_member]
     assert [s["generation"] for s in result["steps"]] == [0, 1, 2, 3]  # 3 generations + fine-tuning
     _assert_exact(result["steps"])
-    assert result["fitness"] == summary["best_fitness"] and result["metric"] == pytest.approx(summary["metric"])
+    assert result["fitness"] == summary.best_fitness and result["metric"] == pytest.approx(summary.metric)
     model = run.new_model()  # the written checkpoint is the replayed network
     load_into(model, *checkpoint.decode(out_file.read_bytes()))
-    assert fitness(model, run.task, run.fitness_data) == summary["best_fitness"]
+    assert fitness(model, run.task, run.fitness_data) == summary.best_fitness
 
 
 def test_replay_of_a_packed_run_agrees_up_to_rounding(tmp_path):
@@ -154,8 +156,8 @@ def test_lineage_of_a_member_keeps_only_the_part_of_each_ancestor_before_its_chi
 
 def test_a_line_that_starts_at_the_reference_model_replays_from_its_checkpoint(tmp_path):
     base = start(str(tmp_path), tiny(generations=1, **ONE_AT_A_TIME), "base")
-    best = base.store.get_json(keys.final_summary(base.id))
-    data = tiny(generations=3, reference={"checkpoint": f"{base.store.uri}/{best['checkpoint']}"}, **ONE_AT_A_TIME)
+    best = base.store.read(keys.final_summary(base.id), FinalSummary)
+    data = tiny(generations=3, reference={"checkpoint": f"{base.store.uri}/{best.checkpoint.key}"}, **ONE_AT_A_TIME)
     run = start(str(tmp_path), data, "ref")
     rows = read_history(run.store, run.id)
     member = next(r["member"] for r in rows if r["role"] == "reference" and r["selected"] and r["generation"] < 2)

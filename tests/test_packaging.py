@@ -22,4 +22,4 @@ def test_wheel_contains_every_module_under_esgd_only(tmp_path):
         for source in (ROOT / folder).glob("*.py"):
             assert f"esgd/{package.replace('.', '/')}/{source.name}" in names, source
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "esgd = esgd.controller.cli:entry" in entry_points and "esgd-worker = esgd.worker.cli:entry" in entry_points
+    assert "esgd = esgd.cli.main:entry" in entry_points and "esgd-worker = esgd.cli.worker:entry" in entry_points

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from esgd.controller.local import execute
+from esgd.core.hparams import HParams
 from esgd.core.plan import pack_groups
 from esgd.worker.packed import Pack, train_pack
 from esgd.worker.task import Task
@@ -13,7 +13,7 @@ from esgd.worker.tasks.mlp import mlp
 from esgd.worker.train import fitness, train
 from esgd.worker.weights import load_into, to_checkpoint
 
-from helpers import history, start
+from helpers import execute, history, start
 
 FAMILIES = ["sgd", "nesterov", "adam", "adamw", "rmsprop"]
 
@@ -42,9 +42,9 @@ def _task():
 
 def test_packed_training_matches_one_at_a_time_for_every_optimizer_and_backoff():
     task = _task()
-    hps = [{"optimizer": f, "lr": 0.01 if f.startswith("adam") else 0.05, "momentum": 0.0 if f == "sgd" else 0.9,
-            "weight_decay": 1e-3, "beta1": 0.9, "beta2": 0.99, "batch_size": 32} for f in FAMILIES]
-    hps.append(dict(hps[0], lr=1e3))  # diverges: backs off every epoch
+    hps = [HParams(optimizer=f, lr=0.01 if f.startswith("adam") else 0.05, momentum=0.0 if f == "sgd" else 0.9,
+                   weight_decay=1e-3, beta1=0.9, beta2=0.99, batch_size=32) for f in FAMILIES]
+    hps.append(hps[0].with_lr(1e3))  # diverges: backs off every epoch
     torch.manual_seed(0)
     models = [task.model() for _ in hps]
     start_fitness = [fitness(m, task, task.fitness) for m in models]
@@ -69,8 +69,8 @@ def test_packed_and_unpacked_runs_give_the_same_history(store_uri):
     one = start(store_uri, dict(data, pack={"size": 1}), "one-at-a-time")
     packed = start(store_uri, dict(data, pack={"size": "auto"}), "packed")
     assert packed.pack_size(6) == 6
-    execute(one, progress=lambda line: None)
-    execute(packed, progress=lambda line: None)
+    execute(one)
+    execute(packed)
     a, b = history(one.uri), history(packed.uri)
     assert len(a) == len(b) == 3 * (6 + 4)
     assert {r["optimizer"] for r in a} >= set(FAMILIES)
@@ -98,7 +98,7 @@ def test_models_with_non_persistent_buffers_pack():
     task = _task()
     task.model = _Scaled
     models = [_Scaled() for _ in range(3)]
-    hps = [{"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "batch_size": 50}] * 3
+    hps = [HParams("sgd", lr=0.1, momentum=0.0, weight_decay=0.0, beta1=0.9, beta2=0.999, batch_size=50)] * 3
     results = _train_models(models, task, task.train, task.fitness, hps, 1, [9.0] * 3, 1.0, [(0, 0, f"m{i}") for i in range(3)])
     assert all(r.fitness < 9.0 for r in results) and "scale" not in models[0].state_dict()
 
@@ -118,7 +118,7 @@ class _Tied(torch.nn.Module):
 
 def test_tied_weights_pack_and_mutate():
     from esgd.store import checkpoint
-    from esgd.worker.evolve import recombine
+    from test_evolve import recombine
 
     task = _task()
     task.model = _Tied
@@ -126,7 +126,7 @@ def test_tied_weights_pack_and_mutate():
     task.train = (torch.randn(64, 4, generator=g, dtype=torch.float64), task.train[1][:64])
     torch.manual_seed(0)
     models = [_Tied() for _ in range(2)]
-    hps = [{"optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "batch_size": 32}] * 2
+    hps = [HParams("sgd", lr=0.01, momentum=0.0, weight_decay=0.0, beta1=0.9, beta2=0.999, batch_size=32)] * 2
     alone = [copy.deepcopy(m) for m in models]
     for model, hp, seed in zip(alone, hps, ("a", "b")):
         train(model, task, task.train, task.train, hp, 1, 9.0, 1.0, (0, 0, seed))
@@ -177,8 +177,8 @@ def test_a_checkpoint_of_another_architecture_does_not_fit_a_pack():
 
 def test_a_compiled_pack_trains_as_the_uncompiled_one():
     task = _task()
-    hps = [{"optimizer": f, "lr": 0.01 if f == "adam" else 0.05, "momentum": 0.9, "weight_decay": 1e-3,
-            "beta1": 0.9, "beta2": 0.99, "batch_size": 64} for f in ("adam", "adam", "nesterov", "nesterov")]
+    hps = [HParams(optimizer=f, lr=0.01 if f == "adam" else 0.05, momentum=0.9, weight_decay=1e-3,
+                   beta1=0.9, beta2=0.99, batch_size=64) for f in ("adam", "adam", "nesterov", "nesterov")]
     torch.manual_seed(0)
     models = [task.model() for _ in hps]
     start_fitness = [fitness(m, task, task.fitness) for m in models]

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from esgd.controller.cli import main
-from esgd.controller.data_import import run_import
+from esgd.cli.main import main
+from esgd.worker.data.imports import run_import
 from esgd.core import keys
+from esgd.core.records import FinalSummary
 from esgd.store import checkpoint
+from esgd.store.blobs import Blobs
 from esgd.store.uri import open_run, open_store
 from esgd.worker.tasks import resnet, toy
 
@@ -28,9 +30,9 @@ def run_recipe(capsys, spec: str, store_uri: str, data: str, *extra: str) -> str
     return out.strip()
 
 
-def final(uri: str) -> dict:
+def final(uri: str) -> FinalSummary:
     store, run_id = open_run(uri)
-    return store.get_json(keys.final_summary(run_id))
+    return store.read(keys.final_summary(run_id), FinalSummary)
 
 
 def test_resnet20_is_the_standard_cifar_resnet():
@@ -54,9 +56,9 @@ def test_cifar10_resnet20_recipe(store_uri, tmp_path, capsys):
     assert all(r["optimizer"] == "nesterov" and r["weight_decay"] == 1e-4 and r["batch_size"] == 16 for r in parents)
     assert all(r["fitness"] <= r["fitness_before"] for r in parents)  # strict back-off
     summary = final(uri)
-    assert summary["metric_name"] == "error rate" and 0 <= summary["metric"] <= 1
+    assert summary.metric_name == "error rate" and 0 <= summary.metric <= 1
     store, _ = open_run(uri)
-    layout = checkpoint.read_layout(store.get_verified(summary))
+    layout = checkpoint.read_layout(Blobs(store).get(summary.checkpoint))
     params = sum(e.numel for e in layout.entries if e.kind == "param")
     assert params == 269_722 and any(e.name.endswith("running_var") and e.kind == "buffer" for e in layout.entries)
 
@@ -68,7 +70,7 @@ def test_speech_dnn_recipe(store_uri, tmp_path, capsys):
     rows = history(uri)
     start = min(r["fitness_before"] for r in rows if r["generation"] == 0 and r["role"] == "parent")
     best = final(uri)
-    assert best["metric_name"] == "frame error rate" and best["best_fitness"] < start
+    assert best.metric_name == "frame error rate" and best.best_fitness < start
 
 
 def test_ptb_lstm_recipe_with_a_reference_model_and_relaxed_backoff(store_uri, tmp_path, capsys):
@@ -77,16 +79,16 @@ def test_ptb_lstm_recipe_with_a_reference_model_and_relaxed_backoff(store_uri, t
     # a trained model first: one generation of the single mode
     first = run_recipe(capsys, "ptb-lstm.yaml", store_uri, data, "--set", "mode=single", "--set", "generations=1")
     trained = final(first)
-    reference = f"{open_store(store_uri).uri.rstrip('/')}/{trained['checkpoint']}"
+    reference = f"{open_store(store_uri).uri.rstrip('/')}/{trained.checkpoint.key}"
     uri = run_recipe(capsys, "ptb-lstm.yaml", store_uri, data, "--set", f"reference.checkpoint={reference}")
     rows = history(uri)
     refs = [r for r in rows if r["role"] == "reference"]
     assert [r["member"] for r in refs] == ["g0000-r0-ref", "g0001-r0-ref"]
-    assert all(r["fitness"] == pytest.approx(trained["best_fitness"]) for r in refs)
+    assert all(r["fitness"] == pytest.approx(trained.best_fitness) for r in refs)
     summary = final(uri)
-    assert summary["best_fitness"] <= trained["best_fitness"] + 1e-9  # the reference is always in the pool
-    assert summary["metric_name"] == "perplexity"
-    assert summary["metric"] == pytest.approx(math.exp(summary["best_fitness"]), rel=1e-4)
+    assert summary.best_fitness <= trained.best_fitness + 1e-9  # the reference is always in the pool
+    assert summary.metric_name == "perplexity"
+    assert summary.metric == pytest.approx(math.exp(summary.best_fitness), rel=1e-4)
     store, run_id = open_run(uri)  # relaxed back-off (its semantics: test_backoff.py; replayed: test_lineage.py)
     assert "backoff: 0.5" in store.get(keys.spec(run_id)).decode()
 

@@ -14,17 +14,20 @@ import pytest
 import yaml
 
 from conftest import TEST_BUCKET, use_server
-from esgd.controller.cli import main
-from esgd.controller.local import execute
+from esgd.cli.main import main
 from esgd.controller.runs import create_or_resume, default_run_id
 from esgd.core import keys
-from esgd.core.manifest import HISTORY, from_parquet
+from esgd.core.plan import Step
+from esgd.core.records import HistoryRow, TrainRecord
 from esgd.core.spec import parse_spec
+from esgd.core.tables import read_table
 from esgd.store.base import Store
+from esgd.store.blobs import Blobs
 from esgd.store.s3 import S3Store
 from esgd.store.uri import open_store
-from esgd.worker.cli import run_step
+from esgd.worker import steps
 from esgd.worker.run import Run
+from helpers import execute
 from seaweed import Seaweed, free_port, weed_binary
 
 SPEC = {
@@ -32,20 +35,19 @@ SPEC = {
     "generations": 2, "population": {"mu": 4, "offspring": 4}, "sgd": {"batch_size": [64]},
 }
 RUN_ID = default_run_id(parse_spec(SPEC))
-ESGD = [sys.executable, "-c", "import sys; from esgd.controller.cli import main; sys.exit(main())"]
+ESGD = [sys.executable, "-c", "import sys; from esgd.cli.main import main; sys.exit(main())"]
 
 
 def history(store: Store) -> list[dict]:
-    return from_parquet(store.get(keys.history(RUN_ID)), HISTORY)
+    return read_table(store.get(keys.history(RUN_ID)), HistoryRow).to_pylist()
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> list[dict]:
     """The history of the same spec, run undisturbed (on a local store: the backends agree)."""
     store = open_store(str(tmp_path_factory.mktemp("reference") / "store"))
-    spec = parse_spec(SPEC)
-    create_or_resume(store, spec, None)
-    execute(Run(store, RUN_ID, spec, "cpu"), progress=lambda line: None)
+    run, _ = create_or_resume(store, parse_spec(SPEC), None)
+    execute(Run(run, "cpu"))
     return history(store)
 
 
@@ -95,10 +97,10 @@ def one_error_line(err: str) -> str:
 
 
 def commits_under(part: str, after: int, then):
-    """A commit_json that calls then() once, right after the `after`-th record whose key holds `part`."""
-    real, seen = Store.commit_json, []
+    """A Store.commit that calls then() once, right after the `after`-th record whose key holds `part`."""
+    real, seen = Store.commit, []
 
-    def commit_json(self, key, record):
+    def commit(self, key, record):
         result = real(self, key, record)
         if part in key:
             seen.append((key, result))
@@ -106,7 +108,7 @@ def commits_under(part: str, after: int, then):
                 then()
         return result
 
-    return commit_json, seen
+    return commit, seen
 
 
 # (a) The server crashes in the middle of a step ---------------------------------------------------
@@ -114,7 +116,7 @@ def commits_under(part: str, after: int, then):
 def test_server_crash_mid_step_fails_clearly_then_esgd_run_resumes(own_server, spec_file, reference, monkeypatch, capsys, caplog):
     uri = "s3://faults/crash"
     hook, committed = commits_under("/offspring/", 2, lambda: own_server.stop(kill=True))
-    monkeypatch.setattr(S3Store, "commit_json", hook)
+    monkeypatch.setattr(S3Store, "commit", hook)
     assert main(["run", spec_file, "--store", uri, "--device", "cpu"]) == 2  # evolve dies half-way
     assert any("; retry " in r.getMessage() for r in caplog.records)  # the retries are logged...
     lines = capsys.readouterr().err.strip().splitlines()
@@ -126,14 +128,14 @@ def test_server_crash_mid_step_fails_clearly_then_esgd_run_resumes(own_server, s
     own_server.start()  # same data directory, same ports
     store = open_store(uri)
     for key, record in committed:  # what was committed before the crash survived it
-        assert store.get_json(key) == record
-        store.get_verified(record)
+        assert store.read(key, type(record)) == record
+        Blobs(store).get(record.checkpoint)
     done = subprocess.run([*ESGD, "run", spec_file, "--store", uri, "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stderr and done.stdout.strip() == f"{uri}/runs/{RUN_ID}"
     assert history(store) == reference
     for key, record in committed:
-        assert store.get_json(key) == record
+        assert store.read(key, type(record)) == record
 
 
 def test_server_restarted_while_a_step_retries_the_run_completes(own_server, spec_file, reference, monkeypatch, capsys):
@@ -159,7 +161,7 @@ def test_server_restarted_while_a_step_retries_the_run_completes(own_server, spe
         threading.Thread(target=restart_once_retrying, daemon=True).start()
 
     hook, _ = commits_under("/fitness/", 3, crash)  # in the middle of evaluating generation 0
-    monkeypatch.setattr(S3Store, "commit_json", hook)
+    monkeypatch.setattr(S3Store, "commit", hook)
     try:
         assert main(["run", spec_file, "--store", "s3://faults/restart", "--device", "cpu"]) == 0, capsys.readouterr().err
     finally:
@@ -189,17 +191,15 @@ def upload(self, key, parts):
     return real(self, key, parts)
 
 s3.S3Store._upload = upload
-from esgd.worker.cli import main
+from esgd.cli.worker import main
 sys.exit(main(["train", "--run", RUN, "--gen", "0", "--device", "cpu"]))
 """
 
 
 def test_worker_killed_mid_upload_leaves_no_torn_checkpoint_in_the_records(s3_uri, seaweed, tmp_path):
     store = open_store(s3_uri)
-    spec = parse_spec(SPEC)
-    create_or_resume(store, spec, None)
-    run = Run(store, RUN_ID, spec, "cpu")
-    run_step(run, "init", None, 0)
+    run = Run(create_or_resume(store, parse_spec(SPEC), None)[0], "cpu")
+    steps.run(run, Step("init"))
 
     marker = tmp_path / "uploading"
     code = f"MARKER = {str(marker)!r}\nRUN = {run.uri!r}\n" + TORN_UPLOAD
@@ -210,22 +210,22 @@ def test_worker_killed_mid_upload_leaves_no_torn_checkpoint_in_the_records(s3_ur
     # The torn object is in the bucket, but no record points at it: readers never see it.
     assert f"{store.prefix}/{torn}" in seaweed.keys(TEST_BUCKET, store.prefix)
     assert not store.exists(keys.train_record(RUN_ID, 0, member))
-    records = {k: store.get_json(k) for k in store.list(f"{keys.gen(RUN_ID, 0)}/train") if k.endswith(".json")}
+    records = {k: store.read(k, TrainRecord) for k in store.list(f"{keys.gen(RUN_ID, 0)}/train") if k.endswith(".json")}
     assert 1 <= len(records) < 4
     for record in records.values():
-        assert record["checkpoint"] != torn
-        store.get_verified(record)
+        assert record.checkpoint.key != torn
+        run.blobs.get(record.checkpoint)
 
     # The re-run trains what has no record, under a new attempt key, and keeps what was committed.
-    again = subprocess.run([sys.executable, "-m", "esgd.worker", "train", "--run", run.uri, "--gen", "0", "--device", "cpu"],
+    again = subprocess.run([sys.executable, "-m", "esgd.cli.worker", "train", "--run", run.uri, "--gen", "0", "--device", "cpu"],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     for key, record in records.items():
-        assert store.get_json(key) == record
-    redone = store.get_json(keys.train_record(RUN_ID, 0, member))
-    assert redone["checkpoint"] != torn and store.get_verified(redone)
+        assert store.read(key, TrainRecord) == record
+    redone = store.read(keys.train_record(RUN_ID, 0, member), TrainRecord)
+    assert redone.checkpoint.key != torn and run.blobs.get(redone.checkpoint)
     assert len([k for k in store.list(f"{keys.gen(RUN_ID, 0)}/train") if k.endswith(".json")]) == 4
-    execute(Run.open(run.uri, "cpu"), progress=lambda line: None)  # and the run goes on to the end
+    execute(Run.open(run.uri, "cpu"))  # and the run goes on to the end
     assert {r["generation"] for r in history(store)} == {0, 1}
 
 
@@ -233,17 +233,17 @@ def test_worker_killed_mid_upload_leaves_no_torn_checkpoint_in_the_records(s3_ur
 
 KILLED_DRIVER = """
 import pathlib, sys, threading
-from esgd.controller import local
-real = local.run_step
+from esgd.worker import steps
+real = steps.run
 
-def run_step(run, command, *args, **kwargs):
-    real(run, command, *args, **kwargs)
-    if command == "evolve":  # generation 0's offspring are committed: hang until killed
+def run(worker, step):
+    real(worker, step)
+    if step.command == "evolve":  # generation 0's offspring are committed: hang until killed
         pathlib.Path(MARKER).write_text("evolved")
         threading.Event().wait()
 
-local.run_step = run_step
-from esgd.controller.cli import main
+steps.run = run
+from esgd.cli.main import main
 sys.exit(main(["run", SPEC, "--store", STORE, "--device", "cpu"]))
 """
 
@@ -253,7 +253,7 @@ def test_driver_killed_between_steps_and_run_again_gives_the_same_history(s3_uri
     code = f"MARKER = {str(marker)!r}\nSPEC = {spec_file!r}\nSTORE = {s3_uri!r}\n" + KILLED_DRIVER
     kill_at_marker(code, marker, "the driver to finish the evolve step")
     store = open_store(s3_uri)
-    offspring = {k: store.get_json(k) for k in store.list(keys.round_(RUN_ID, 0, 0)) if k.endswith(".json")}
+    offspring = {k: store.get(k) for k in store.list(keys.round_(RUN_ID, 0, 0)) if k.endswith(".json")}
     assert len(offspring) == 4 and not store.exists(keys.history(RUN_ID))
 
     done = subprocess.run([*ESGD, "run", spec_file, "--store", s3_uri, "--device", "cpu"], capture_output=True, text=True, timeout=300)
@@ -261,7 +261,7 @@ def test_driver_killed_between_steps_and_run_again_gives_the_same_history(s3_uri
     assert "resuming" in done.stderr
     assert history(store) == reference
     for key, record in offspring.items():  # nothing committed before the kill was redone
-        assert store.get_json(key) == record
+        assert store.get(key) == record
 
 
 # (d) Stores that cannot be used -------------------------------------------------------------------

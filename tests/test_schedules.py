@@ -29,7 +29,7 @@ def test_lr_is_drawn_inside_the_annealed_range():
     for generation in range(5):
         factor = value_at(spec.sgd.lr_anneal, generation, 5)
         for member in ("a", "b", "c", "d"):
-            lr = hparams.draw(spec, generation, member)["lr"]
+            lr = hparams.draw(spec, generation, member).lr
             assert 0.01 * factor <= lr <= 0.1 * factor + 1e-12
     assert value_at(spec.sgd.lr_anneal, 4, 5) == pytest.approx(0.1)
 
@@ -48,12 +48,12 @@ def test_modes_choose_hyper_parameters_as_the_paper_says():
     assert hparams.for_generation(esgd, 5, "m", None) != hparams.for_generation(esgd, 0, "m", None)
     single = parse_spec({"mode": "single", "single": {"optimizer": "sgd", "lr": 0.2}})
     first = hparams.for_generation(single, 0, "m", None)
-    assert first["optimizer"] == "sgd" and first["lr"] == 0.2
-    assert hparams.for_generation(single, 1, "m", dict(first, lr=0.1))["lr"] == 0.1
+    assert first.optimizer == "sgd" and first.lr == 0.2
+    assert hparams.for_generation(single, 1, "m", first.with_lr(0.1)).lr == 0.1
 
 
 def test_every_optimizer_family_gets_drawn():
     spec = parse_spec({})
-    seen = {hparams.draw(spec, 0, f"m{i}")["optimizer"] for i in range(60)}
+    seen = {hparams.draw(spec, 0, f"m{i}").optimizer for i in range(60)}
     assert seen == {"sgd", "nesterov", "adam"}
-    assert all(math.isfinite(hparams.draw(spec, 0, f"m{i}")["lr"]) for i in range(10))
+    assert all(math.isfinite(hparams.draw(spec, 0, f"m{i}").lr) for i in range(10))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from esgd.controller.cli import main
+from esgd.cli.main import main
 from esgd.core.spec import RunSpec, SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

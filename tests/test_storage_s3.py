@@ -10,9 +10,12 @@ import botocore.exceptions as bex
 import pytest
 
 from conftest import TEST_BUCKET
+from esgd.core.records import BlobRef, FitnessRecord
 from esgd.store.base import NotFound, StoreError, sha256
+from esgd.store.blobs import Blobs
 from esgd.store.s3 import S3Settings, S3Store
 from esgd.store.uri import open_store
+from esgd.worker.transfers import Transfers
 from seaweed import free_port
 
 
@@ -61,10 +64,10 @@ def test_racing_commits_have_exactly_one_winner(store):
             won = list(pool.map(lambda i: store.put_if_absent(key, str(i).encode()), range(8)))
         assert won.count(True) == 1
         assert store.get(key) == str(won.index(True)).encode()
-        # commit_json: every racer ends up with the one committed record
+        # Store.commit: every racer ends up with the one committed record
         with ThreadPoolExecutor(8) as pool:
-            records = list(pool.map(lambda i: store.commit_json(f"commit-{trial}.json", {"attempt": i}), range(8)))
-        assert len({r["attempt"] for r in records}) == 1
+            records = list(pool.map(lambda i: store.commit(f"commit-{trial}.json", FitnessRecord(str(i), float(i))), range(8)))
+        assert len(set(records)) == 1
 
 
 def test_large_objects_travel_as_parallel_multipart_transfers(s3_uri, seaweed):
@@ -75,12 +78,13 @@ def test_large_objects_travel_as_parallel_multipart_transfers(s3_uri, seaweed):
     assert head["ETag"].strip('"').endswith("-3")  # a multipart upload of 3 parts
     assert store.get("big.arrow") == data
     exact = data[: 10 << 20]  # a stream that ends on a part boundary
-    assert store.put_stream("exact.arrow", iter([exact[:7], exact[7:]]))["size"] == len(exact)
+    blobs = Blobs(store)
+    assert blobs.put_stream("exact.arrow", iter([exact[:7], exact[7:]])).size == len(exact)
     assert store.get("exact.arrow") == exact
-    ref = store.put_stream("streamed.arrow", (data[i : i + 777_777] for i in range(0, len(data), 777_777)))
-    assert ref == {"checkpoint": "streamed.arrow", "sha256": sha256(data), "size": len(data)}
+    ref = blobs.put_stream("streamed.arrow", (data[i : i + 777_777] for i in range(0, len(data), 777_777)))
+    assert ref == BlobRef("streamed.arrow", sha256(data), len(data))
     assert store.get("streamed.arrow") == data
-    with store.open_verified(ref) as stream:
+    with blobs.open(ref) as stream:
         assert stream.read(10) == data[:10] and stream.read(len(data)) == data[10:]
         stream.finish()
 
@@ -93,7 +97,7 @@ def test_a_failed_stream_leaves_no_object_and_no_upload(s3_uri, seaweed):
         raise RuntimeError("the producer failed")  # ...then the code making the bytes fails
 
     with pytest.raises(RuntimeError, match="producer failed"):
-        store.put_stream("torn.arrow", pieces())
+        store.write_stream("torn.arrow", pieces())
     assert not store.exists("torn.arrow")
     uploads = seaweed.client().list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix).get("Uploads", [])
     assert uploads == []  # aborted
@@ -136,7 +140,7 @@ def test_transient_failures_are_retried_and_409_is_a_retry(store, monkeypatch):
 
 
 def test_a_commit_whose_reply_was_lost_is_still_the_callers(store, monkeypatch):
-    """The PUT lands, the reply is lost, the retry gets 412: commit_json returns the record it wrote."""
+    """The PUT lands, the reply is lost, the retry gets 412: Store.commit returns the record it wrote."""
     real = store.client.put_object
     lost = []
 
@@ -148,7 +152,7 @@ def test_a_commit_whose_reply_was_lost_is_still_the_callers(store, monkeypatch):
         return result
 
     monkeypatch.setattr(store.client, "put_object", lands_then_drops)
-    assert store.commit_json("lost.json", {"member": "a", "attempt": "x1"}) == {"member": "a", "attempt": "x1"}
+    assert store.commit("lost.json", FitnessRecord("a", 0.25)) == FitnessRecord("a", 0.25)
 
 
 def test_retries_run_out_with_one_clear_line(s3_uri, monkeypatch):
@@ -271,6 +275,8 @@ def test_each_moves_a_few_objects_at_once_in_order_and_raises_the_first_error(st
     assert store.objects_at_once == 4 and open_store("file:///tmp/x").objects_at_once == 1
     monkeypatch.setenv("ESGD_S3_OBJECTS", "3")
     assert S3Settings.from_env().objects == 3
+    transfers = Transfers.for_store(store)  # what a worker step uses on this store
+    assert transfers == Transfers(objects=4, computing=4)
     threads, lock, both = set(), threading.Lock(), threading.Barrier(2, timeout=30)
 
     def put(i):
@@ -281,7 +287,7 @@ def test_each_moves_a_few_objects_at_once_in_order_and_raises_the_first_error(st
         store.put(f"each/{i:02d}", bytes([i]))
         return i
 
-    assert store.each(put, range(12)) == list(range(12))
+    assert transfers.each(put, range(12)) == list(range(12))
     assert len(store.list("each")) == 12 and 2 <= len(threads) <= 4
 
     def fails(i):
@@ -290,5 +296,5 @@ def test_each_moves_a_few_objects_at_once_in_order_and_raises_the_first_error(st
         store.put(f"after/{i:02d}", b"x")
 
     with pytest.raises(NotFound, match="item 5"):
-        store.each(fails, range(12))
+        transfers.each(fails, range(12))
     assert store.list("after")[:5] == [f"after/{i:02d}" for i in range(5)]  # the items before it are done

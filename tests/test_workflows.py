@@ -13,19 +13,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from esgd.controller.cli import main as esgd_main
-from esgd.controller.cli import parser as esgd_parser
-from esgd.core.plan import Step, final_stages, generation_stages
+from esgd.cli.main import main as esgd_main
+from esgd.cli.main import parser as esgd_parser
+from esgd.core import plan
+from esgd.core.plan import DEVICE_COMMANDS
 from esgd.core.spec import SpecError, load_spec
 from esgd.workflows import names
 from esgd.workflows.check import hera_problems, schema_problems
-from esgd.workflows.generation import GPU_COMMANDS, phase_workflow
+from esgd.workflows.generation import phase_workflow
 from esgd.workflows.launcher import SETTINGS_PATH, SPEC_PATH, launcher_workflow
 from esgd.workflows.settings import ClusterSettings, load_settings, parse_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
-ARGO_SCHEMA = ROOT.parent / "shared" / "argo" / "workflow-v4.1.2.schema.json"
+ARGO_SCHEMA = ROOT / "tests" / "argo" / "workflow-v4.1.2.schema.json"  # Argo's own schema, vendored (tests/argo/README.md)
 REGEN = os.environ.get("ESGD_REGEN_GOLDEN") == "1"
 STORE = "s3://esgd-bucket/runs-prefix"
 RUN_ID = "golden-run"
@@ -41,11 +42,9 @@ def golden_settings():
 
 
 def check(workflow: dict) -> None:
-    """A generated Workflow passes Hera's models (every key known) and, where the copy of Argo's
-    schema is present, the schema."""
+    """A generated Workflow passes Hera's models (every key known) and Argo's schema."""
     assert hera_problems(workflow) == []
-    if ARGO_SCHEMA.is_file():
-        assert schema_problems(workflow, ARGO_SCHEMA) == []
+    assert schema_problems(workflow, ARGO_SCHEMA) == []
 
 
 def substituted(workflow: dict) -> list[tuple[str, list[str], list[str]]]:
@@ -72,7 +71,14 @@ def substituted(workflow: dict) -> list[tuple[str, list[str], list[str]]]:
     return out
 
 
-CASES = {"generation-0": 0, "generation-1": 1, "final": names.FINAL}
+CASES = {"generation-0": 0, "generation-1": 1, "final": None}
+
+
+def phase_of(spec, settings, generation: int | None) -> plan.Phase:
+    """A phase of the plan, cut into steps as these cluster settings say (pack, shard)."""
+    if generation is None:
+        return plan.final(spec, settings.pack)
+    return plan.generation(spec, generation, settings.pack, settings.shard)
 
 
 @pytest.mark.parametrize("case", [*CASES, "launcher"])
@@ -81,7 +87,7 @@ def test_golden_yaml(case):
     if case == "launcher":
         workflow = launcher_workflow((GOLDEN / "spec.yaml").read_text(), settings, STORE, RUN_ID)
     else:
-        workflow = phase_workflow(spec, settings, RUN_URI, RUN_ID, CASES[case])
+        workflow = phase_workflow(phase_of(spec, settings, CASES[case]), settings, RUN_URI, RUN_ID)
     text = workflow.to_yaml()
     path = GOLDEN / f"{case}.yaml"
     if REGEN or not path.exists():
@@ -115,39 +121,38 @@ SETTINGS_VARIANTS = [
 
 
 def every_workflow(spec, settings):
-    for phase in [*range(spec.generations), names.FINAL]:
-        yield phase, phase_workflow(spec, settings, RUN_URI, RUN_ID, phase).to_dict()
+    for phase in plan.phases(spec, settings.pack, settings.shard):
+        yield phase, phase_workflow(phase, settings, RUN_URI, RUN_ID).to_dict()
 
 
 @pytest.mark.parametrize("overrides", SPEC_VARIANTS, ids=lambda o: ",".join(o) or "golden")
 @pytest.mark.parametrize("raw", SETTINGS_VARIANTS, ids=["defaults", "cpu-only", "big-packs"])
 def test_dag_runs_exactly_the_plan(overrides, raw):
-    """Every task's pod runs `esgd-worker <command> --run <run-uri> <Step.args()>` of the plan's
-    step, stages in order (each task depends on every task of the stage before), init first in
-    generation 0, the final stages in the final Workflow; every Workflow passes both checks."""
+    """Every task's pod runs `esgd-worker <Step.argv>` of the plan's step, stages in order (each
+    task depends on every task of the stage before), init first in generation 0, the final stages
+    in the final Workflow; every Workflow passes both checks."""
     spec = load_spec((GOLDEN / "spec.yaml").read_text(), overrides)
     settings = parse_settings(raw)
+    seen = []
     for phase, workflow in every_workflow(spec, settings):
         check(workflow)
-        if phase == names.FINAL:
-            stages = final_stages(spec, settings.pack)
-        else:
-            stages = generation_stages(spec, phase, settings.pack, settings.shard)
-            stages = [[Step("init")], *stages] if phase == 0 else stages
+        seen.append(phase.generation)
         tasks = substituted(workflow)
         expected, previous, i = [], [], 0
-        for stage in stages:
+        for stage in phase.stages:
             names_now = [t[0] for t in tasks[i : i + len(stage)]]
             for step, (name, argv, deps) in zip(stage, tasks[i : i + len(stage)]):
-                expected.append(["esgd-worker", step.command, "--run", RUN_URI, *step.args()])
+                expected.append(["esgd-worker", *step.argv(RUN_URI)])
                 assert sorted(deps) == sorted(previous), name
             previous, i = names_now, i + len(stage)
         assert [argv for _, argv, _ in tasks] == expected
-        assert workflow["metadata"]["name"] == names.workflow_name(RUN_ID, phase, 0)
+        assert workflow["metadata"]["name"] == names.workflow_name(RUN_ID, phase.tag, 0)
+        assert (phase.steps()[0].command == "init") == (phase.generation == 0)
+    assert seen == [*range(spec.generations), None]
 
 
 def test_only_ids_and_uris_pass_through_argo():
-    """The run URI is the only Workflow parameter, task parameters are Step.args() values (numbers
+    """The run URI is the only Workflow parameter, task parameters are Step.options() values (numbers
     and ranges), and no artifacts or outputs exist: no blobs pass through Argo."""
     spec, settings = golden_spec(), golden_settings()
     for _, workflow in every_workflow(spec, settings):
@@ -163,7 +168,7 @@ def test_only_ids_and_uris_pass_through_argo():
 
 def test_pods_follow_the_settings():
     spec, settings = golden_spec(), golden_settings()
-    workflow = phase_workflow(spec, settings, RUN_URI, RUN_ID, 0).to_dict()
+    workflow = phase_workflow(phase_of(spec, settings, 0), settings, RUN_URI, RUN_ID).to_dict()
     wspec = workflow["spec"]
     assert workflow["metadata"]["namespace"] == "esgd"
     assert workflow["metadata"]["labels"]["team"] == "research"
@@ -176,7 +181,7 @@ def test_pods_follow_the_settings():
     assert wspec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     for template in (t for t in wspec["templates"] if "container" in t):
         container = template["container"]
-        gpu = template["name"] in GPU_COMMANDS
+        gpu = template["name"] in DEVICE_COMMANDS
         assert container["image"] == "registry.example.com/esgd:0.1.0"
         assert container["imagePullPolicy"] == "Always"
         assert container["envFrom"] == [{"secretRef": {"name": "esgd-s3"}}]
@@ -195,7 +200,8 @@ def test_pods_follow_the_settings():
 
 
 def test_cpu_only_pods_request_no_gpu():
-    workflow = phase_workflow(golden_spec(), parse_settings({"gpu": {"gpus": 0, "tolerations": []}}), RUN_URI, RUN_ID, 1).to_dict()
+    settings = parse_settings({"gpu": {"gpus": 0, "tolerations": []}})
+    workflow = phase_workflow(phase_of(golden_spec(), settings, 1), settings, RUN_URI, RUN_ID).to_dict()
     for template in (t for t in workflow["spec"]["templates"] if "container" in t):
         assert set(template["container"]["resources"]["requests"]) == {"cpu", "memory"}
         assert "tolerations" not in template
@@ -230,14 +236,14 @@ def test_launcher_refuses_argo_template_braces():
 @pytest.mark.parametrize("run_id", ["golden-run", "Some_Run.With.Dots", "x" * 80, "digits-0123abcd"])
 def test_workflow_names_are_deterministic_dns_labels(run_id):
     seen = set()
-    for phase in (0, 7, 1234, names.FINAL):
+    for tag in ("g0000", "g0007", "g1234", "final"):
         for attempt in (0, 1, 12):
-            name = names.workflow_name(run_id, phase, attempt)
-            assert name == names.workflow_name(run_id, phase, attempt)
+            name = names.workflow_name(run_id, tag, attempt)
+            assert name == names.workflow_name(run_id, tag, attempt)
             assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, name
             seen.add(name)
     assert len(seen) == 12
-    assert names.workflow_name("a" * 80, 0) != names.workflow_name("a" * 81, 0)
+    assert names.workflow_name("a" * 80, "g0000") != names.workflow_name("a" * 81, "g0000")
     prefix = names.launcher_prefix(run_id)
     assert len(prefix) + 5 <= 63 and prefix.endswith("-launcher-")
 

@@ -7,23 +7,25 @@ approximately; integer buffers (num_batches_tracked) are copied from the fittest
 averaged or mutated.
 """
 
-from typing import Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 
+from esgd.core.records import BlobRef
 from esgd.core.rng import generator
 from esgd.store import checkpoint
 from esgd.store.base import IntegrityError
+from esgd.store.blobs import Blobs
 from esgd.store.checkpoint import Layout
 
 
-def recombine_chunks(parents: list, sigma: float, noise_seed: tuple) -> tuple[Layout, Iterator[np.ndarray]]:
-    """Stream the offspring's vector. `parents` are checkpoints (bytes or readable binary streams),
-    fittest first, of one layout;
-    memory holds one chunk per parent at a time. The noise of chunk i comes from its own generator
-    (noise_seed + ("mutation", i)), so it does not depend on how many chunks are read at once."""
-    opened = [checkpoint.read_stream(p) if hasattr(p, "read") else (checkpoint.read_layout(p), checkpoint.iter_chunks(p))
-              for p in parents]
+def recombine_chunks(parents: list[BinaryIO], sigma: float, noise_seed: tuple) -> tuple[Layout, Iterator[np.ndarray]]:
+    """Stream the offspring's vector. `parents` are checkpoints as readable binary streams, fittest
+    first, of one layout; memory holds one chunk per parent at a time. The noise of chunk i comes
+    from its own generator (noise_seed + ("mutation", i)), so it does not depend on how many
+    chunks are read at once."""
+    opened = [checkpoint.read_stream(p) for p in parents]
     layouts = [layout for layout, _ in opened]
     layout = layouts[0]
     if any(not layout.same_shape(other) for other in layouts[1:]):
@@ -52,7 +54,7 @@ def recombine_chunks(parents: list, sigma: float, noise_seed: tuple) -> tuple[La
 
 
 def _param_mask(layout: Layout, start: int, stop: int) -> np.ndarray:
-    """layout.param_mask()[start:stop], without a mask as long as the whole model."""
+    """True where values start..stop of the vector are parameters (mutated), False for buffers."""
     mask = np.zeros(stop - start, dtype=bool)
     for e in layout.entries:
         lo, hi = max(e.offset, start), min(e.offset + e.numel, stop)
@@ -61,17 +63,12 @@ def _param_mask(layout: Layout, start: int, stop: int) -> np.ndarray:
     return mask
 
 
-def recombine(parents: list[bytes], sigma: float, noise_seed: tuple) -> bytes:
-    layout, chunks = recombine_chunks(parents, sigma, noise_seed)
-    return checkpoint.encode_chunks(layout, chunks)
-
-
-def recombine_stream(store, parents: list[dict], sigma: float, noise_seed: tuple) -> Iterator[bytes]:
-    """The offspring's checkpoint as byte pieces (for Store.put_stream), its parents (checkpoint
+def recombine_stream(blobs: Blobs, parents: list[BlobRef], sigma: float, noise_seed: tuple) -> Iterator[bytes]:
+    """The offspring's checkpoint as byte pieces (for Blobs.put_stream), its parents (checkpoint
     references, fittest first) read as streams: memory holds a few chunks per parent, never a whole
     model. Every parent's size and checksum are checked before the last piece is handed out, so an
     offspring of a truncated or altered parent is never completed (IntegrityError names the key)."""
-    streams = [store.open_verified(p) for p in parents]
+    streams = [blobs.open(p) for p in parents]
     try:
         try:
             layout, chunks = recombine_chunks(streams, sigma, noise_seed)

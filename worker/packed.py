@@ -20,14 +20,13 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
+from esgd.core.hparams import FLOATS, HParams
 from esgd.core.rng import generator, int_seed
 from esgd.store.checkpoint import Layout
+from esgd.worker.optimizers import implementation
 from esgd.worker.task import Task
 from esgd.worker.train import TrainResult
 from esgd.worker.weights import stacked_state, to_checkpoints
-
-RMSPROP_ALPHA, EPS, ADAM_EPS = 0.99, 1e-8, 1e-8
-STATE = {"sgd": ("buf",), "nesterov": ("buf",), "adam": ("m", "v"), "adamw": ("m", "v"), "rmsprop": ("v", "buf")}  # [k, P] each
 _BASES: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()  # template -> its stateless copy
 
 
@@ -155,66 +154,39 @@ def _column(values: list, like: torch.Tensor, dtype=None) -> torch.Tensor:
 
 
 class PackedOptimizer:
-    """SGD (plain and Nesterov), Adam, AdamW and RMSprop with per-individual hyper-parameters,
-    on the [k, P] parameter matrix. The update formulas are torch.optim's (no dampening, no
-    amsgrad, RMSprop alpha 0.99). Each family updates only its own rows; keep a family's
+    """Every individual's own optimizer family and hyper-parameters, on the [k, P] parameter
+    matrix: each family (esgd.worker.optimizers) updates only its own rows. Keep a family's
     individuals next to each other in the pack, and its rows are updated in place, without the
     gather and scatter that cost as much as the backward pass of a small MLP."""
 
-    def __init__(self, flat: torch.Tensor, hps: list[dict]):
+    def __init__(self, flat: torch.Tensor, hps: list[HParams]):
         self.flat = flat
-        family = [hp["optimizer"] for hp in hps]
-        self.hp = {name: _column([hp[name] for hp in hps], flat) for name in ("lr", "momentum", "weight_decay", "beta1", "beta2")}
-        self.hp["nesterov"] = _column([f == "nesterov" and hp["momentum"] > 0 for f, hp in zip(family, hps)], flat, torch.bool)
+        family = [hp.optimizer for hp in hps]
+        self.hp = {name: _column([getattr(hp, name) for hp in hps], flat) for name in FLOATS}
         self.hp["step"] = torch.zeros_like(self.hp["lr"])
-        self.adam_like = _column([float(f in ("adam", "adamw")) for f in family], flat)
+        self.implementations = {f: implementation(f) for f in dict.fromkeys(family)}
         self.groups = {}  # family -> its rows: a slice (views, updated in place) when they are adjacent
-        for f in dict.fromkeys(family):
+        for f in self.implementations:
             rows = [i for i, x in enumerate(family) if x == f]
             adjacent = rows == list(range(rows[0], rows[-1] + 1))
             self.groups[f] = slice(rows[0], rows[-1] + 1) if adjacent else torch.tensor(rows, device=flat.device)
-        needed = {name for f in family for name in STATE.get(f, ())}  # only the state the pack's families use
-        self.state = {name: torch.zeros_like(flat) for name in ("buf", "m", "v") if name in needed}
+        needed = dict.fromkeys(name for impl in self.implementations.values() for name in impl.state)
+        self.state = {name: torch.zeros_like(flat) for name in needed}  # only the state the pack's families use
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.hp["step"], *self.state.values()]
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor) -> None:
-        self.hp["step"] += self.adam_like  # Adam's bias correction counts its own steps
+        self.hp["step"] += 1  # bias corrections (Adam) count the steps taken
         p = self.flat.detach()
         for family, rows in self.groups.items():
-            state = {k: v[rows] for k, v in self.state.items()}
-            p[rows] = _update(family, p[rows], grad[rows], state, {k: v[rows] for k, v in self.hp.items()})
+            impl = self.implementations[family]
+            state = {k: self.state[k][rows] for k in impl.state}
+            p[rows] = impl.update(p[rows], grad[rows], state, {k: v[rows] for k, v in self.hp.items()})
             if isinstance(rows, torch.Tensor):  # indexing gathered copies: write the state back
                 for k, v in state.items():
                     self.state[k][rows] = v
-
-
-def _update(family: str, p: torch.Tensor, g: torch.Tensor, s: dict, hp: dict) -> torch.Tensor:
-    """New parameter rows of one family; updates their optimizer state `s` in place."""
-    lr, mom, wd = hp["lr"], hp["momentum"], hp["weight_decay"]
-    if family in ("sgd", "nesterov"):
-        g = torch.addcmul(g, wd, p)
-        s["buf"].mul_(mom).add_(g)
-        direction = torch.where(hp["nesterov"], torch.addcmul(g, mom, s["buf"]), s["buf"]) if family == "nesterov" else s["buf"]
-        return torch.addcmul(p, lr, direction, value=-1)
-    if family in ("adam", "adamw"):
-        b1, b2, step = hp["beta1"], hp["beta2"], hp["step"]
-        if family == "adamw":
-            p = p * (1 - lr * wd)
-        else:
-            g = torch.addcmul(g, wd, p)
-        s["m"].mul_(b1).addcmul_(1 - b1, g)
-        s["v"].mul_(b2).addcmul_(1 - b2, g * g)
-        denom = s["v"].sqrt().div_((1 - b2**step).sqrt()).add_(ADAM_EPS)
-        return p - (lr / (1 - b1**step)) * s["m"] / denom
-    if family == "rmsprop":
-        g = torch.addcmul(g, wd, p)
-        s["v"].mul_(RMSPROP_ALPHA).addcmul_(g, g, value=1 - RMSPROP_ALPHA)
-        s["buf"].mul_(mom).add_(g / (s["v"].sqrt() + EPS))
-        return torch.addcmul(p, lr, s["buf"], value=-1)
-    raise ValueError(f"unknown optimizer {family!r}")
 
 
 @torch.no_grad()
@@ -236,7 +208,7 @@ def train_pack(
     task: Task,
     train_data: tuple[torch.Tensor, ...],
     fitness_data: tuple[torch.Tensor, ...],
-    hps: list[dict],
+    hps: list[HParams],
     epochs: int,
     start_fitness: list[float],
     p_backoff: float,
@@ -247,15 +219,15 @@ def train_pack(
 ) -> list[TrainResult]:
     """train.train for k individuals at once; the pack is updated in place. Every individual must
     have the same batch size. `compiled`: torch.compile the gradient (forward and backward)."""
-    batch_size = hps[0]["batch_size"]
-    if any(hp["batch_size"] != batch_size for hp in hps):
+    batch_size = hps[0].batch_size
+    if any(hp.batch_size != batch_size for hp in hps):
         raise ValueError("a pack needs one batch size")
     optimizer = PackedOptimizer(pack.flat, hps)
     gradient = _gradient(pack, task.loss, bf16, compiled)
     inputs, targets = train_data
     device = inputs.device
     coins = [generator(*seed, "backoff") for seed in seeds]
-    results = [TrainResult(f, dict(hp)) for f, hp in zip(start_fitness, hps)]
+    results = [TrainResult(f, hp) for f, hp in zip(start_fitness, hps)]
     for epoch in range(epochs):
         saved = [t.detach().clone() for t in pack.tensors() + optimizer.tensors()]
         orders = torch.stack([

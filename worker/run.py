@@ -1,4 +1,5 @@
-"""A run as a worker sees it: its store, id, frozen spec, task and device."""
+"""A run as a worker step sees it: the run (store, id, frozen spec), the device, the task and its
+data on that device, and how the step moves its objects (set by whoever runs the step)."""
 
 import sys
 from functools import cached_property
@@ -6,14 +7,14 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from esgd.core import keys
 from esgd.core.errors import InputError
-from esgd.core.spec import RunSpec, load_spec
+from esgd.core.records import BlobRef
 from esgd.store import checkpoint
-from esgd.store.base import Store
-from esgd.store.uri import open_run, run_uri
+from esgd.store.blobs import Blobs
+from esgd.store.run import RunRef
 from esgd.worker.packed import Pack
 from esgd.worker.task import Task, load_task
+from esgd.worker.transfers import Transfers
 from esgd.worker.weights import load_into, to_checkpoint
 
 
@@ -36,20 +37,22 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 class Run:
-    def __init__(self, store: Store, run_id: str, spec: RunSpec, device: str | None = None):
-        self.store, self.id, self.spec = store, run_id, spec
-        self.device_name = device or spec.device  # as asked: "auto" may mean every local GPU
-        self.device = resolve_device(self.device_name)
-        self.manifests: dict[str, list[dict]] = {}  # key -> rows: manifests never change once written
+    def __init__(self, ref: RunRef, device: str | None = None, keep: int = 0):
+        """`keep`: bytes of what this process writes to keep for reading back (esgd.store.blobs.Kept),
+        for an engine that runs every step of the run in this process; 0 keeps nothing."""
+        self.ref, self.store, self.id, self.spec = ref, ref.store, ref.id, ref.spec
+        self.device = resolve_device(device or self.spec.device)
+        self.transfers = Transfers.for_store(self.store)
+        self.blobs = Blobs(self.store, keep)
+        self.manifests: dict[str, list] = {}  # key -> rows: manifests never change once written
 
     @classmethod
     def open(cls, uri: str, device: str | None = None) -> "Run":
-        store, run_id = open_run(uri)
-        return cls(store, run_id, load_spec(store.get(keys.spec(run_id)).decode()), device)
+        return cls(RunRef.open(uri), device)
 
     @property
     def uri(self) -> str:
-        return run_uri(self.store, self.id)
+        return self.ref.uri
 
     @cached_property
     def task(self) -> Task:
@@ -121,20 +124,20 @@ class Run:
         """One model of the architecture, never trained: packs take their structure from it."""
         return self.new_model()
 
-    def read_checkpoint(self, ref: dict) -> tuple[checkpoint.Layout, np.ndarray]:
+    def read_checkpoint(self, ref: BlobRef) -> tuple[checkpoint.Layout, np.ndarray]:
         """A checkpoint (layout, vector) from its reference, checksum verified."""
-        return checkpoint.decode(self.store.get_verified(ref))
+        return checkpoint.decode(self.blobs.get(ref))
 
-    def load_model(self, ref: dict) -> torch.nn.Module:
+    def load_model(self, ref: BlobRef) -> torch.nn.Module:
         model = self.new_model()
         load_into(model, *self.read_checkpoint(ref))
         return model
 
-    def load_pack(self, refs: list[dict]) -> Pack:
-        return Pack.from_checkpoints(self.template, self.store.each(self.read_checkpoint, refs))
+    def load_pack(self, refs: list[BlobRef]) -> Pack:
+        return Pack.from_checkpoints(self.template, self.transfers.each(self.read_checkpoint, refs))
 
-    def save_checkpoint(self, key: str, layout: checkpoint.Layout, vector: np.ndarray) -> dict:
-        return self.store.put_blob(key, checkpoint.encode(layout, vector))
+    def save_checkpoint(self, key: str, layout: checkpoint.Layout, vector: np.ndarray) -> BlobRef:
+        return self.blobs.put(key, checkpoint.encode(layout, vector))
 
-    def save_model(self, model: torch.nn.Module, key: str) -> dict:
+    def save_model(self, model: torch.nn.Module, key: str) -> BlobRef:
         return self.save_checkpoint(key, *to_checkpoint(model))

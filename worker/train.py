@@ -6,22 +6,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from esgd.core.hparams import HParams
 from esgd.core.rng import generator, int_seed
+from esgd.worker.optimizers import make_optimizer
 from esgd.worker.task import Task
-
-
-def make_optimizer(params, hp: dict) -> torch.optim.Optimizer:
-    name, lr, wd = hp["optimizer"], hp["lr"], hp["weight_decay"]
-    if name in ("sgd", "nesterov"):
-        nesterov = name == "nesterov" and hp["momentum"] > 0
-        return torch.optim.SGD(params, lr=lr, momentum=hp["momentum"], weight_decay=wd, nesterov=nesterov)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(hp["beta1"], hp["beta2"]), weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(hp["beta1"], hp["beta2"]), weight_decay=wd)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=hp["momentum"], weight_decay=wd)
-    raise ValueError(f"unknown optimizer {name!r}")
 
 
 def _batch_mean(fn, task: Task, data: tuple[torch.Tensor, ...]) -> float:
@@ -57,19 +45,19 @@ def metric(model: torch.nn.Module, task: Task, data: tuple[torch.Tensor, ...], f
 @dataclass
 class TrainResult:
     fitness: float
-    hparams: dict  # as trained with (single mode: lr after halvings)
+    hparams: HParams  # as trained with (single mode: lr after halvings)
     backoffs: int = 0
     epoch_fitness: list[float] = field(default_factory=list)
 
     def end_epoch(self, value: float, draw: float, p_backoff: float, halve_lr: bool) -> bool:
         """Record an epoch whose fitness is `value`; True when it backs off (worse than before and
         draw < p_backoff): the caller then restores the epoch's start, and with halve_lr trains on
-        with hparams["lr"], halved here."""
+        with hparams.lr, halved here."""
         back = value > self.fitness and draw < p_backoff
         if back:
             self.backoffs += 1
             if halve_lr:
-                self.hparams["lr"] /= 2
+                self.hparams = self.hparams.with_lr(self.hparams.lr / 2)
         else:
             self.fitness = value
         self.epoch_fitness.append(self.fitness)
@@ -81,7 +69,7 @@ def train(
     task: Task,
     train_data: tuple[torch.Tensor, ...],
     fitness_data: tuple[torch.Tensor, ...],
-    hp: dict,
+    hp: HParams,
     epochs: int,
     start_fitness: float,
     p_backoff: float,
@@ -94,7 +82,7 @@ def train(
     optimizer = make_optimizer(model.parameters(), hp)
     inputs, targets = train_data
     coin = generator(*seed, "backoff")
-    result = TrainResult(start_fitness, dict(hp))
+    result = TrainResult(start_fitness, hp)
     for epoch in range(epochs):
         saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
         order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(int_seed(*seed, "data", epoch)))
@@ -102,8 +90,8 @@ def train(
         model.train()
         with torch.random.fork_rng(devices=[inputs.device] if inputs.device.type == "cuda" else []):
             torch.manual_seed(int_seed(*seed, "dropout", epoch))  # dropout and other in-model draws
-            for start in range(0, len(order), hp["batch_size"]):
-                batch = order[start : start + hp["batch_size"]]
+            for start in range(0, len(order), hp.batch_size):
+                batch = order[start : start + hp.batch_size]
                 optimizer.zero_grad(set_to_none=True)
                 task.loss(model(inputs[batch]), targets[batch]).backward()
                 optimizer.step()
@@ -114,5 +102,5 @@ def train(
             optimizer.load_state_dict(saved_opt)
             if halve_lr:
                 for group in optimizer.param_groups:
-                    group["lr"] = result.hparams["lr"]
+                    group["lr"] = result.hparams.lr
     return result

@@ -1,11 +1,10 @@
-"""Deterministic Kubernetes names of a run's Workflows: (run, generation, attempt) -> one name, so a
+"""Deterministic Kubernetes names of a run's Workflows: (run, phase, attempt) -> one name, so a
 second submission of the same attempt is refused by the API server (409) instead of duplicated."""
 
 import hashlib
 import re
 
 MAX_NAME = 63  # Argo copies the Workflow name into a label value, which is at most 63 characters
-FINAL = "final"
 
 
 def dns_label(text: str, room: int) -> str:
@@ -18,14 +17,10 @@ def dns_label(text: str, room: int) -> str:
     return f"{clean[: room - 7].rstrip('-')}-{digest}"
 
 
-def phase_tag(phase: int | str) -> str:
-    """`g0003` for a generation, `final` for the final stages."""
-    return FINAL if phase == FINAL else f"g{int(phase):04d}"
-
-
-def workflow_name(run_id: str, phase: int | str, attempt: int = 0) -> str:
-    """Name of attempt `attempt` of a generation's (or the final) Workflow of a run."""
-    suffix = f"-{phase_tag(phase)}-a{attempt}"
+def workflow_name(run_id: str, tag: str, attempt: int = 0) -> str:
+    """Name of attempt `attempt` of a phase's Workflow of a run; `tag` is the phase's (Phase.tag:
+    `g0003` for a generation, `final` for the final stages)."""
+    suffix = f"-{tag}-a{attempt}"
     return dns_label(run_id, MAX_NAME - len(suffix)) + suffix
 
 

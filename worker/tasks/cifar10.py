@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from esgd.worker.task import Task
-from esgd.worker.tasks import dataset
-from esgd.worker.tasks.digits import error_rate
+from esgd.worker.data import dataset
+from esgd.worker.tasks.common import error_rate
 from esgd.worker.tasks.resnet import resnet
 
 KIND = "cifar10"

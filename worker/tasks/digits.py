@@ -3,25 +3,11 @@ scikit-learn, which ships the data inside its package, so nothing is downloaded 
 
 from functools import partial
 
-import numpy as np
 import torch
 
 from esgd.worker.task import Task
+from esgd.worker.tasks.common import error_rate, split
 from esgd.worker.tasks.mlp import mlp
-
-
-def error_rate(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (output.argmax(dim=1) != target).float().mean()
-
-
-def split(x: np.ndarray, y: np.ndarray, fitness: str, seed: int, train_fraction: float = 0.7, dtype=torch.float32):
-    """A fixed shuffled split into (train, held-out); fitness on the held-out part or the train set."""
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = int(train_fraction * len(x))
-    tr, va = order[:cut], order[cut:]
-    fit = tr if fitness == "train" else va
-    as_tensors = lambda idx: (torch.tensor(x[idx], dtype=dtype), torch.tensor(y[idx], dtype=torch.long))  # noqa: E731
-    return as_tensors(tr), as_tensors(fit)
 
 
 def task(

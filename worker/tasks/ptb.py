@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from esgd.worker.task import Task
-from esgd.worker.tasks import dataset
+from esgd.worker.data import dataset
 
 KIND = "ptb"
 EOS, UNK = "<eos>", "<unk>"

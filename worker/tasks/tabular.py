@@ -8,7 +8,7 @@ import pyarrow.csv
 import pyarrow.parquet as pq
 
 from esgd.worker.task import Task
-from esgd.worker.tasks.digits import error_rate, split
+from esgd.worker.tasks.common import error_rate, split
 from esgd.worker.tasks.mlp import mlp
 
 

@@ -8,7 +8,7 @@ from functools import partial
 import numpy as np
 
 from esgd.worker.task import Task
-from esgd.worker.tasks.digits import error_rate, split
+from esgd.worker.tasks.common import error_rate, split
 from esgd.worker.tasks.mlp import mlp
 
 DATASETS = ("breast_cancer", "wine", "iris")

@@ -1,43 +1,52 @@
-"""The `esgd data import`, `esgd compare`, `esgd lineage` and `esgd replay` subcommands
-(registered by controller/cli.py's parser through `register`)."""
+"""`esgd data import`, `esgd compare`, `esgd lineage` and `esgd replay`: the paper's experiments."""
 
 import argparse
-import sys
 from pathlib import Path
+
+from esgd.cli.options import DEVICE, SET, STORE, log
 
 
 def _data_import(args) -> int:
-    from esgd.controller.data_import import run_import
+    from esgd.worker.data.imports import run_import
 
     uri, manifest = run_import(args.kind, args.path, args.store, args.name)
     for split, shards in sorted(manifest["splits"].items()):
-        print(f"{split}: {sum(s['rows'] for s in shards)} rows in {len(shards)} shard(s)", file=sys.stderr)
+        log(f"{split}: {sum(s['rows'] for s in shards)} rows in {len(shards)} shard(s)")
     print(uri)
     return 0
 
 
 def _compare(args) -> int:
-    from esgd.controller.compare import main
+    from esgd.analysis.compare import base_run_id, compare, json_lines, parse_modes, plots, table, title
+    from esgd.core.spec import read_spec
 
-    return main(args)
+    spec = read_spec(args.spec, args.set)
+    modes = parse_modes(args.modes)
+    base = args.run_id or base_run_id(spec)
+    results = compare(spec, args.store, base, args.device, modes, progress=(lambda line: None) if args.quiet else log)
+    print(json_lines(results) if args.json else table(results, title(spec)))
+    for path in plots(results, Path(args.out or f"esgd-compare-{base}"), spec.name):
+        log(str(path))
+    return 0
 
 
 def _lineage(args) -> int:
-    from esgd.controller.lineage import json_dump, open_lineage, text, to_dot, to_json, to_parquet
+    from esgd.analysis.lineage import json_dump, open_lineage, text, to_dot, to_json, to_parquet
 
     lin, title, _ = open_lineage(args.run, args.member)
     if args.dot:
         Path(args.dot).write_text(to_dot(lin, lin.member))
-        print(f"wrote {args.dot}", file=sys.stderr)
+        log(f"wrote {args.dot}")
     if args.parquet:
         Path(args.parquet).write_bytes(to_parquet(lin))
-        print(f"wrote {args.parquet}", file=sys.stderr)
+        log(f"wrote {args.parquet}")
     print(json_dump(to_json(lin)) if args.json else text(lin, title))
     return 0
 
 
 def _replay(args) -> int:
-    from esgd.controller.lineage import json_dump, replay, replay_text
+    from esgd.analysis.lineage import json_dump
+    from esgd.analysis.replay import replay, replay_text
     from esgd.store import checkpoint
     from esgd.worker.run import Run
     from esgd.worker.train import fitness, metric
@@ -45,10 +54,11 @@ def _replay(args) -> int:
 
     run = Run.open(args.run, args.device)
     steps, model, lin = replay(run, args.member)
-    value = metric(model, run.task, run.fitness_data, steps[-1]["replay_fitness"] if steps else fitness(model, run.task, run.fitness_data))
+    final = steps[-1]["replay_fitness"] if steps else fitness(model, run.task, run.fitness_data)
+    value = metric(model, run.task, run.fitness_data, final)
     if args.out:
         Path(args.out).write_bytes(checkpoint.encode(*to_checkpoint(model)))
-        print(f"wrote {args.out} (an ESGD checkpoint: usable as population.init.checkpoint or reference.checkpoint)", file=sys.stderr)
+        log(f"wrote {args.out} (an ESGD checkpoint: usable as population.init.checkpoint or reference.checkpoint)")
     if args.json:
         print(json_dump({"member": lin.member, "line": lin.line, "steps": steps,
                          "fitness": steps[-1]["replay_fitness"] if steps else None,
@@ -58,26 +68,24 @@ def _replay(args) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the subcommands to `esgd`'s subparsers."""
-    from esgd.controller.data_import import KINDS
+    from esgd.worker.data.imports import KINDS
 
     data = sub.add_parser("data", help="import a dataset into a store as Parquet shards")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    imp = data_sub.add_parser("import", help="convert a dataset to Parquet shards under <store>/data/<name>; prints its URI")
+    imp = data_sub.add_parser("import", parents=[STORE],
+                              help="convert a dataset to Parquet shards under <store>/data/<name>; prints its URI")
     imp.add_argument("kind", choices=sorted(KINDS), help="cifar10 (python batches), speech (frames), ptb (text)")
     imp.add_argument("path", help="the source: cifar-10-python.tar.gz or its folder; a folder with train/valid frames; PTB text folder")
-    imp.add_argument("--store", help="store URI (default ./esgd-runs or $ESGD_STORE): local path or s3://bucket/prefix")
     imp.add_argument("--name", help="dataset name under <store>/data/ (default: the kind)")
     imp.set_defaults(handler=_data_import)
 
-    cmp = sub.add_parser("compare", help="run single, population, no-evolution and esgd with the same spec; print Table 1")
+    cmp = sub.add_parser("compare", parents=[STORE, SET, DEVICE],
+                         help="run single, population, no-evolution and esgd with the same spec; print Table 1")
     cmp.add_argument("spec", help="run spec (YAML); its mode is replaced by each of the four")
-    cmp.add_argument("--store", help="store URI (default ./esgd-runs or $ESGD_STORE)")
     cmp.add_argument("--run-id", help="base run id; the runs are <base>-<mode> (default: the spec's default run id)")
-    cmp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field, for every mode")
     cmp.add_argument("--modes", help="comma-separated subset of single,population,no-evolution,esgd (default: all four)")
-    cmp.add_argument("--device", help="override the spec's device (auto, cpu, cuda, cuda:N)")
     cmp.add_argument("--out", help="folder for the plots (default esgd-compare-<base>)")
     cmp.add_argument("--json", action="store_true", help="print one JSON object per mode instead of the table")
     cmp.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -91,10 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     lin.add_argument("--json", action="store_true", help="print the lineage as one JSON object")
     lin.set_defaults(handler=_lineage)
 
-    rep = sub.add_parser("replay", help="re-train one model by an individual's optimizer schedule, without evolution")
+    rep = sub.add_parser("replay", parents=[DEVICE], help="re-train one model by an individual's optimizer schedule, without evolution")
     rep.add_argument("run", help="run URI, as printed by `esgd run`")
     rep.add_argument("member", nargs="?", help="member id (default: the run's best individual)")
-    rep.add_argument("--device", help="torch device (default: the spec's device)")
     rep.add_argument("--out", metavar="FILE", help="write the replayed model as an ESGD checkpoint (Arrow IPC)")
     rep.add_argument("--json", action="store_true", help="print the steps as one JSON object")
     rep.set_defaults(handler=_replay)

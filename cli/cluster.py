@@ -1,13 +1,15 @@
-"""`esgd compile` (Argo Workflow YAML of a generation, of the final stages, or of the launcher) and
-`esgd controller` (drive a run on a cluster). Registered in esgd.controller.cli by add_parsers."""
+"""`esgd compile` (Argo Workflow YAML of a phase, or of the launcher), `esgd controller` (drive a run
+on a cluster) and `esgd cluster-check` (what `helm test` runs). None of them imports torch, but
+`esgd controller SPEC`, which checks the task before it creates the run (esgd.worker.preflight)."""
 
 import sys
 from pathlib import Path
 
-from esgd.core import keys
+from esgd.cli.options import CLUSTER_STORE, RUN_ID, SET, SETTINGS, log
+from esgd.core import keys, plan
 from esgd.core.spec import RunSpec, SpecError, dump_spec, load_spec, read_spec_text
-from esgd.workflows import names
-from esgd.workflows.settings import load_settings
+from esgd.store.uri import store_uri
+from esgd.workflows.settings import ClusterSettings, load_settings
 
 
 def _spec(path: str, overrides: list[str] | None) -> tuple[RunSpec, str]:
@@ -18,24 +20,23 @@ def _spec(path: str, overrides: list[str] | None) -> tuple[RunSpec, str]:
 
 
 def _store(args, required: bool = True) -> str | None:
-    import os
-
-    store = args.store or os.environ.get("ESGD_STORE")
+    """The store every pod uses: --store, else $ESGD_STORE (never a local default)."""
+    store = store_uri(args.store, local_default=False)
     if not store:
         if not required:
             return None
         raise SpecError("--store is required: the store the pods read and write, e.g. s3://bucket/prefix")
     if not store.startswith("s3://"):
-        print(f"esgd: warning: {store} is not an s3:// URI; every pod must be able to reach it", file=sys.stderr)
+        log(f"esgd: warning: {store} is not an s3:// URI; every pod must be able to reach it")
     return store.rstrip("/")
 
 
-def _phase(text: str) -> int | str:
-    if text == names.FINAL:
-        return text
+def _phase(spec: RunSpec, settings: ClusterSettings, text: str) -> plan.Phase:
+    if text == "final":
+        return plan.final(spec, settings.pack)
     if not text.isdigit():
         raise SpecError(f"--generation: expected a generation number or 'final', got {text!r}")
-    return int(text)
+    return plan.generation(spec, int(text), settings.pack, settings.shard)
 
 
 def _compile(args) -> int:
@@ -53,10 +54,9 @@ def _compile(args) -> int:
             workflow = launcher_workflow(text, settings, store, run_id)
         else:
             uri = f"{store}/{keys.run(run_id)}" if store else None
-            workflow = phase_workflow(spec, settings, uri, run_id, _phase(args.generation), args.attempt)
+            workflow = phase_workflow(_phase(spec, settings, args.generation), settings, uri, run_id, args.attempt)
             if uri is None:
-                print(f"esgd: no --store: give the run URI when submitting: argo submit FILE -p run=<store>/{keys.run(run_id)}",
-                      file=sys.stderr)
+                log(f"esgd: no --store: give the run URI when submitting: argo submit FILE -p run=<store>/{keys.run(run_id)}")
     except ValueError as error:
         raise SpecError(str(error)) from None
     problems = hera_problems(workflow.to_dict())
@@ -65,39 +65,41 @@ def _compile(args) -> int:
     yaml_text = workflow.to_yaml()
     if args.output:
         Path(args.output).write_text(yaml_text)
-        print(args.output, file=sys.stderr)
+        log(args.output)
     else:
         sys.stdout.write(yaml_text)
     return 0
 
 
 def _open_run(args):
-    """(Run, created?) from a run URI, or from a spec (created in --store, or resumed)."""
+    """(RunRef, created?) from a run URI, or from a spec (created in --store, or resumed)."""
     from esgd.controller.runs import create_or_resume
+    from esgd.store.run import RunRef
     from esgd.store.uri import open_store
-    from esgd.worker.run import Run
 
     if f"/{keys.RUNS}/" in args.target and not Path(args.target).is_file():
-        return Run.open(args.target, device="cpu"), False
+        return RunRef.open(args.target), False
+    from esgd.worker.preflight import preflight  # loads the task: the one use of torch here
+
     spec, _ = _spec(args.target, args.set)
-    store = open_store(_store(args))
-    run_id, resumed = create_or_resume(store, spec, args.run_id)
-    return Run(store, run_id, spec, device="cpu"), not resumed
+    run, resumed = create_or_resume(open_store(_store(args)), spec, args.run_id, preflight)
+    return run, not resumed
 
 
 def _controller(args) -> int:
-    from esgd.controller.argo import ClusterRunError, Controller, KubernetesWorkflows, current_namespace
+    from esgd.controller.argo import ArgoEngine, KubernetesWorkflows, current_namespace
+    from esgd.controller.driver import Driver, RunStopped
 
     settings = load_settings(args.settings)
     if args.namespace:
         settings = settings.model_copy(update={"namespace": args.namespace})
-    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
         run, created = _open_run(args)
-        log(f"{'starting' if created else 'resuming'} {run.uri} on the cluster (namespace {current_namespace(settings)})")
-        Controller(KubernetesWorkflows(), run, settings, current_namespace(settings), log=log).drive()
-    except ClusterRunError as error:
-        print(f"esgd: run stopped: {error}", file=sys.stderr)
+        namespace = current_namespace(settings)
+        log(f"{'starting' if created else 'resuming'} {run.uri} on the cluster (namespace {namespace})")
+        Driver(run, ArgoEngine(KubernetesWorkflows(), settings, namespace, log=log), log).drive()
+    except RunStopped as error:
+        log(f"esgd: run stopped: {error}")
         return 2
     print(run.uri)
     return 0
@@ -108,12 +110,12 @@ def _cluster_check(args) -> int:
     from esgd.store.uri import open_store
 
     settings = load_settings(args.settings)
-    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     log(f"ok: settings load (image {settings.image})")
+    store = _store(args, required=False)
     try:
-        cluster_check(KubernetesWorkflows(), current_namespace(settings), open_store(args.store) if args.store else None, log)
+        cluster_check(KubernetesWorkflows(), current_namespace(settings), open_store(store) if store else None, log)
     except ClusterRunError as error:
-        print(f"esgd: check failed: {error}", file=sys.stderr)
+        log(f"esgd: check failed: {error}")
         return 1
     return 0
 
@@ -121,37 +123,31 @@ def _cluster_check(args) -> int:
 def add_parsers(sub) -> None:
     """Add `compile`, `controller` and `cluster-check` to the `esgd` subcommands."""
     comp = sub.add_parser(
-        "compile", help="write the Argo Workflow of a generation, of the final stages, or of the launcher",
+        "compile", parents=[SETTINGS, CLUSTER_STORE, RUN_ID, SET],
+        help="write the Argo Workflow of a generation, of the final stages, or of the launcher",
         description="Write Argo Workflow YAML (Argo Workflows v4). Generation 0 starts with init; "
         "`--generation final` is fine-tuning and finish; --launcher is a one-pod Workflow running "
-        "`esgd controller`, for `argo submit --wait launcher.yaml`.",
+        "`esgd controller`, for `argo submit --wait launcher.yaml`. Without a store, "
+        "`argo submit -p run=URI` supplies the run URI (--launcher needs one).",
     )
     comp.add_argument("spec", help="run spec (YAML)")
     comp.add_argument("--generation", default="0", help="generation number, or 'final' (default 0)")
     comp.add_argument("--attempt", type=int, default=0, help="attempt number in the Workflow's name (default 0)")
     comp.add_argument("--launcher", action="store_true", help="write the launcher Workflow instead")
-    comp.add_argument("--settings", help="cluster settings (YAML, see docs/kubernetes.md); default: all defaults")
-    comp.add_argument("--store", help="store URI the pods use, e.g. s3://bucket/prefix (default $ESGD_STORE; "
-                      "needed for --launcher, else `argo submit -p run=URI` supplies the run URI)")
-    comp.add_argument("--run-id", help="run id (default: name plus a hash of the spec, as `esgd run`)")
-    comp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field")
     comp.add_argument("-o", "--output", help="write to this file instead of stdout")
     comp.set_defaults(handler=_compile)
 
     ctl = sub.add_parser(
-        "controller", help="run or resume a run on a Kubernetes cluster with Argo Workflows",
+        "controller", parents=[SETTINGS, CLUSTER_STORE, RUN_ID, SET],
+        help="run or resume a run on a Kubernetes cluster with Argo Workflows",
         description="Submit each remaining generation as an Argo Workflow, wait for it, advance; "
-        "restartable at any moment (it continues from the committed state in the store).",
+        "restartable at any moment (it continues from the committed state in the store). "
+        "--store, --run-id and --set apply to a spec.",
     )
     ctl.add_argument("target", metavar="SPEC|RUN_URI", help="a run spec (creates or resumes the run in --store) or a run URI")
-    ctl.add_argument("--settings", help="cluster settings (YAML); in the chart: the <release>-settings ConfigMap")
-    ctl.add_argument("--store", help="store URI for a spec, e.g. s3://bucket/prefix (default $ESGD_STORE)")
-    ctl.add_argument("--run-id", help="run id for a spec (default: name plus a hash of the spec)")
-    ctl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field")
     ctl.add_argument("--namespace", help="namespace of the Workflows (default: settings, else this pod's)")
     ctl.set_defaults(handler=_controller)
 
-    chk = sub.add_parser("cluster-check", help="check settings, Kubernetes permissions and the store (the chart's helm test)")
-    chk.add_argument("--settings", help="cluster settings (YAML)")
-    chk.add_argument("--store", help="store URI to check for writing, e.g. s3://bucket/prefix")
+    chk = sub.add_parser("cluster-check", parents=[SETTINGS, CLUSTER_STORE],
+                         help="check settings, Kubernetes permissions and the store (the chart's helm test)")
     chk.set_defaults(handler=_cluster_check)

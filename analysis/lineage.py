@@ -1,7 +1,8 @@
-"""`esgd lineage` and `esgd replay`: where an individual came from, and its schedule re-trained.
+"""`esgd lineage`: where an individual came from, and what `esgd replay` (esgd.analysis.replay)
+re-trains.
 
 Everything is read from the run's history (one row per individual per generation, see
-core/manifest.py). An individual keeps its member id for as long as it survives: `init-003` is
+esgd.core.records.HistoryRow). An individual keeps its member id for as long as it survives: `init-003` is
 the same network in every generation it is trained in (role `parent` rows), until selection drops
 it. An offspring (`g0004-r0-o002`: generation 4, round 0, offspring 2) is born from the ρ parents
 listed in its birth row, fittest first, as their mean plus N(0, σ²) noise; a reference member
@@ -29,22 +30,21 @@ Definitions (docs/recipes.md, "Lineage and replay"):
 import io
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from esgd.core import keys
+from esgd.analysis.report import read_final, read_history
+from esgd.core import optimizers
 from esgd.core.errors import InputError
-from esgd.controller.report import read_final, read_history
-from esgd.core.manifest import HISTORY, SCHEMA_KEY
-from esgd.core.spec import load_spec
+from esgd.core.hparams import HParams
+from esgd.core.records import FinalSummary, HistoryRow
+from esgd.core.tables import SCHEMA_KEY, schema
+from esgd.store.run import frozen_spec
 
-HP = ("optimizer", "lr", "momentum", "weight_decay", "beta1", "beta2", "batch_size")
-LINEAGE = pa.schema(
-    [*HISTORY, ("on_line", pa.bool_())],
-    metadata={SCHEMA_KEY: b"lineage/1"},
-)
+HP = tuple(f.name for f in fields(HParams))  # the hyper-parameter columns of the history
+LINEAGE = pa.schema([*schema(HistoryRow), ("on_line", pa.bool_())], metadata={SCHEMA_KEY: b"lineage/1"})
 
 
 class LineageError(InputError):
@@ -67,10 +67,10 @@ def _when(row: dict) -> tuple[int, int]:
     return row["generation"], row["round"]
 
 
-def winner(final: dict | None, rows: list[dict]) -> str:
+def winner(final: FinalSummary | None, rows: list[dict]) -> str:
     """The run's answer (its final summary), else the best survivor of the last generation."""
     if final is not None:
-        return final["best_member"]
+        return final.best_member
     last = max(r["generation"] for r in rows)
     return min((r for r in rows if r["generation"] == last and r["selected"]), key=lambda r: r["fitness"])["member"]
 
@@ -110,13 +110,15 @@ def lineage(rows: list[dict], member: str) -> Lineage:
     return Lineage(member, line, set(until), kept, edges, steps, births)
 
 
-def _hp_text(row: dict) -> str:
+def hp_text(row: dict) -> str:
+    """The hyper-parameters of a history row, those its optimizer family reads."""
+    reads = optimizers.get(row["optimizer"]).reads
     text = f"{row['optimizer']:<8} lr {row['lr']:.4g}"
-    if row["optimizer"] in ("sgd", "nesterov", "rmsprop"):
+    if "momentum" in reads:
         text += f" momentum {row['momentum']:.3g}"
-    if row["optimizer"] in ("adam", "adamw"):
+    if "beta1" in reads:
         text += f" betas ({row['beta1']:.3g}, {row['beta2']:.4g})"
-    if row["weight_decay"]:
+    if row["weight_decay"] and "weight_decay" in reads:
         text += f" wd {row['weight_decay']:.3g}"
     return text + f" batch {row['batch_size']}"
 
@@ -136,7 +138,7 @@ def events(lin: Lineage) -> list[dict]:
     for row in lin.schedule:
         out.append({"generation": row["generation"], "round": -1, "member": row["member"],
                     "event": "finetune" if row["role"] == "finetune" else "train",
-                    "text": f"{'fine-tuned' if row['role'] == 'finetune' else 'trained'} {_hp_text(row)}, "
+                    "text": f"{'fine-tuned' if row['role'] == 'finetune' else 'trained'} {hp_text(row)}, "
                             f"{row['epochs']} epoch(s), {row['backoffs']} back-off(s), from {row['fitness_before']:.4f}",
                     "fitness": row["fitness"]})
     for m in lin.line[1:]:
@@ -220,77 +222,11 @@ def to_parquet(lin: Lineage) -> bytes:
     return sink.getvalue()
 
 
-# Replay -------------------------------------------------------------------------------------------
-
-def start_hparams(spec, lin: Lineage, index: int) -> dict:
-    """Hyper-parameters step `index` of the schedule starts with. The history records what a step
-    trained with; in the single mode that is the lr after its halvings, so a step starts from the
-    previous step's recorded values (generation 0: the spec's `single`, fine-tuning: `finetune`)."""
-    from esgd.core import hparams
-
-    row = lin.schedule[index]
-    if spec.mode == "single":
-        if row["role"] == "finetune":
-            return hparams.fixed(spec.finetune)
-        previous = [r for r in lin.schedule[:index] if r["role"] == "parent"]
-        return {k: previous[-1][k] for k in HP} if previous else hparams.fixed(spec.single)
-    return {k: row[k] for k in HP}
-
-
-def replay(run, member: str | None = None) -> tuple[list[dict], "object", Lineage]:
-    """Re-train one network by `member`'s schedule (default: the winner); returns (one dict per
-    step: generation, member, hyper-parameters, run_fitness, replay_fitness, backoffs), the model,
-    the lineage."""
-    from esgd.store.uri import read_uri
-    from esgd.worker import steps as worker_steps
-    from esgd.worker.train import fitness, train
-
-    rows = read_history(run.store, run.id)
-    lin = lineage(rows, member or winner(read_final(run.store, run.id), rows))
-    first, spec = lin.line[0], run.spec
-    if first in lin.births:
-        record = run.store.get_json(keys.reference(run.id))
-        model = run.load_model(record)
-    else:
-        base = read_uri(spec.population.init.checkpoint) if spec.population.init.checkpoint else None
-        model = worker_steps._initial_model(run, first, base)
-    current = fitness(model, run.task, run.fitness_data)
-    out = []
-    for index, row in enumerate(lin.schedule):
-        hp = start_hparams(spec, lin, index)
-        result = train(
-            model, run.task, run.train_data, run.fitness_data, hp, row["epochs"], current,
-            1.0 if spec.mode == "single" else spec.sgd.backoff, run.seed(row["generation"], row["member"]),
-            halve_lr=spec.mode == "single",
-        )
-        out.append({"generation": row["generation"], "member": row["member"], "role": row["role"], **hp,
-                    "epochs": row["epochs"], "run_fitness_before": row["fitness_before"], "replay_fitness_before": current,
-                    "run_fitness": row["fitness"], "replay_fitness": result.fitness,
-                    "run_backoffs": row["backoffs"], "replay_backoffs": result.backoffs})
-        current = result.fitness
-    return out, model, lin
-
-
-def replay_text(steps: list[dict], lin: Lineage, metric: tuple[str, float | None]) -> str:
-    births = {lin.births[m]["generation"] for m in lin.line[1:]}
-    lines = [f"replay of {lin.member} along its line {' -> '.join(lin.line)}",
-             f"{'gen':>4}  {'member':<15} {'schedule':<52} {'run':>8} {'replay':>8}  back-offs (run/replay)"]
-    for s in steps:
-        lines.append(f"{s['generation']:>4}  {s['member']:<15} {_hp_text(s):<52} {s['run_fitness']:>8.4f} {s['replay_fitness']:>8.4f}"
-                     f"  {s['run_backoffs']}/{s['replay_backoffs']}"
-                     + ("   <- a birth on the line follows" if s["generation"] in births else ""))
-    name, value = metric
-    if steps:
-        lines.append(f"replayed network: fitness {steps[-1]['replay_fitness']:.4f}"
-                     + ("" if value is None else f"  {name} {value:.4f}"))
-    return "\n".join(lines)
-
-
 def json_dump(obj) -> str:
     return json.dumps(obj, default=lambda v: sorted(v) if isinstance(v, set) else str(v))
 
 
-def open_lineage(uri: str, member: str | None) -> tuple[Lineage, str, dict | None]:
+def open_lineage(uri: str, member: str | None) -> tuple[Lineage, str, FinalSummary | None]:
     """(lineage, title, final summary or None) of a run URI."""
     from esgd.store.uri import open_run
 
@@ -299,11 +235,10 @@ def open_lineage(uri: str, member: str | None) -> tuple[Lineage, str, dict | Non
     target = member or winner(final, rows)
     lin = lineage(rows, target)
     fit = [r["fitness"] for r in lin.rows if r["member"] == target]
-    title = f"run {run_id}, member {target}" + (" (the winner)" if final and final["best_member"] == target else "")
+    title = f"run {run_id}, member {target}" + (" (the winner)" if final and final.best_member == target else "")
     if fit:
         title += f": fitness {fit[-1]:.4f}"
-    if final and final["best_member"] == target and final.get("metric") is not None:
-        title += f", {final['metric_name']} {final['metric']:.4f}"
-    spec = load_spec(store.get(keys.spec(run_id)).decode())
-    title += f"  [mode {spec.mode}]"
+    if final and final.best_member == target and final.metric is not None:
+        title += f", {final.metric_name} {final.metric:.4f}"
+    title += f"  [mode {frozen_spec(store, run_id).mode}]"
     return lin, title, final

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from esgd.core.errors import InputError
-from esgd.worker.tasks import dataset
+from esgd.worker.data import dataset
 
 
 class DataError(InputError):

@@ -4,32 +4,35 @@ import json
 from pathlib import Path
 
 from esgd.core import keys
-from esgd.core.manifest import HISTORY, from_parquet
 from esgd.core.metrics import finite, summarize
-from esgd.core.spec import load_spec
+from esgd.core.records import FinalSummary, HistoryRow
+from esgd.core.tables import read_table
 from esgd.store.base import NotFound, Store, StoreError
+from esgd.store.run import frozen_spec
 
 
 def read_history(store: Store, run_id: str) -> list[dict]:
-    """The run's history rows; StoreError before its first generation is committed."""
+    """The run's history rows (the columns of records.HistoryRow); StoreError before its first
+    generation is committed."""
+    key = keys.history(run_id)
     try:
-        return from_parquet(store.get(keys.history(run_id)), HISTORY)
+        return read_table(store.get(key), HistoryRow, key).to_pylist()
     except NotFound:
         raise StoreError(f"run {run_id} has no committed generation in {store.uri}") from None
 
 
-def read_final(store: Store, run_id: str) -> dict | None:
+def read_final(store: Store, run_id: str) -> FinalSummary | None:
     """The run's final summary (best member, fitness, metric), or None before its finish step."""
     try:
-        return store.get_json(keys.final_summary(run_id))
+        return store.read(keys.final_summary(run_id), FinalSummary)
     except NotFound:
         return None
 
 
-def load(store: Store, run_id: str) -> tuple[list[dict], list[dict], dict | None]:
+def load(store: Store, run_id: str) -> tuple[list[dict], list[dict], FinalSummary | None]:
     """(history rows, per-generation summaries, final summary or None)."""
     try:
-        spec = load_spec(store.get(keys.spec(run_id)).decode())
+        spec = frozen_spec(store, run_id)
     except NotFound:
         raise StoreError(f"run {run_id} has no committed generation in {store.uri}") from None
     rows = read_history(store, run_id)

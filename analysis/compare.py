@@ -10,15 +10,14 @@ can be inspected with `esgd report` or `esgd lineage`.
 """
 
 import json
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from esgd.core.metrics import finite
-from esgd.core.spec import RunSpec, parse_spec
+from esgd.core.spec import Mode, RunSpec, SpecError, parse_spec
 
-MODES = ("single", "population", "no-evolution", "esgd")
+MODES: tuple[Mode, ...] = ("single", "population", "no-evolution", "esgd")
 
 
 def with_mode(spec: RunSpec, mode: str) -> RunSpec:
@@ -31,41 +30,54 @@ def base_run_id(spec: RunSpec) -> str:
     return default_run_id(with_mode(spec, "esgd"))
 
 
+def parse_modes(text: str | None) -> tuple[str, ...]:
+    """`--modes a,b` -> ("a", "b"); every mode when None; SpecError naming an unknown one."""
+    modes = tuple(text.split(",")) if text else MODES
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SpecError(f"--modes: unknown mode(s) {', '.join(unknown)} (choose from {', '.join(MODES)})")
+    return modes
+
+
 def compare(spec: RunSpec, store_uri: str | None, base: str | None = None, device: str | None = None,
             modes: tuple[str, ...] = MODES, progress: Callable[[str], None] = print) -> list[dict]:
     """Run (or resume) every mode; one result per mode: mode, run (URI), best, top15, metric_name,
     metric, epochs (individual-epochs of SGD), generations (per-generation summaries)."""
+    from esgd.analysis.report import load
     from esgd.controller.local import execute
-    from esgd.controller.report import load
     from esgd.controller.runs import create_or_resume
-    from esgd.store.uri import open_store, run_uri
-    from esgd.worker.run import Run
+    from esgd.store.uri import open_store
+    from esgd.worker.preflight import preflight
 
     store = open_store(store_uri)
     base = base or base_run_id(spec)
     results = []
     for mode in modes:
         mode_spec = with_mode(spec, mode)
-        run_id, resumed = create_or_resume(store, mode_spec, f"{base}-{mode}", device)
-        progress(f"{'resuming' if resumed else 'starting'} {mode}: {run_uri(store, run_id)} "
-                 f"(µ={mode_spec.mu}, K={mode_spec.generations})")
+        run, resumed = create_or_resume(store, mode_spec, f"{base}-{mode}", lambda s: preflight(s, device))
+        progress(f"{'resuming' if resumed else 'starting'} {mode}: {run.uri} (µ={mode_spec.mu}, K={mode_spec.generations})")
         began = time.perf_counter()
-        execute(Run(store, run_id, mode_spec, device), progress=progress)
+        execute(run, device, progress=progress)
         progress(f"{mode}: {time.perf_counter() - began:.1f}s")
-        rows, summaries, final = load(store, run_id)
+        rows, summaries, final = load(store, run.id)
         last = summaries[-1]
         results.append({
             "mode": mode,
-            "run": run_uri(store, run_id),
-            "best": final["best_fitness"],
+            "run": run.uri,
+            "best": final.best_fitness,
             "top15": last["top15"],
-            "metric_name": final["metric_name"],
-            "metric": final["metric"],
-            "best_member": final["best_member"],
+            "metric_name": final.metric_name,
+            "metric": final.metric,
+            "best_member": final.best_member,
             "epochs": sum(r["epochs"] or 0 for r in rows if r["role"] in ("parent", "finetune")),
             "generations": summaries,
         })
     return results
+
+
+def title(spec: RunSpec) -> str:
+    return (f"{spec.name}: K={spec.generations}, Ks={spec.sgd.epochs}, µ={spec.population.mu}, "
+            f"λ={spec.population.offspring}, m={spec.population.m}, seed {spec.seed}")
 
 
 def _metric(value: float | None, name: str) -> str:
@@ -122,26 +134,3 @@ def plots(results: list[dict], out: Path, title: str) -> list[Path]:
         figure.savefig(path, dpi=100)
         plt.close(figure)
     return files
-
-
-def main(args) -> int:
-    """The `esgd compare` command."""
-    from esgd.core.spec import SpecError, read_spec
-
-    spec = read_spec(args.spec, args.set)
-    modes = tuple(args.modes.split(",")) if args.modes else MODES
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise SpecError(f"--modes: unknown mode(s) {', '.join(unknown)} (choose from {', '.join(MODES)})")
-    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    base = args.run_id or base_run_id(spec)
-    results = compare(spec, args.store, base, args.device, modes, progress=log if not args.quiet else lambda line: None)
-    if args.json:
-        print(json_lines(results))
-    else:
-        title = (f"{spec.name}: K={spec.generations}, Ks={spec.sgd.epochs}, µ={spec.population.mu}, "
-                 f"λ={spec.population.offspring}, m={spec.population.m}, seed {spec.seed}")
-        print(table(results, title))
-    for path in plots(results, Path(args.out or f"esgd-compare-{base}"), spec.name):
-        log(str(path))
-    return 0

@@ -23,7 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from esgd.store.base import IntegrityError, NotFound, attempt_id, sha256
+from esgd.core.records import BlobRef
+from esgd.store.base import NotFound, attempt_id
+from esgd.store.blobs import Blobs
 from esgd.store.uri import open_store
 
 FORMAT = "esgd-dataset/1"
@@ -58,17 +60,12 @@ def read_split(uri: str, kind: str, split: str, columns: list[str] | None = None
     meta = manifest(uri, kind)
     if split not in meta["splits"]:
         raise TypeError(f"{uri} has no split {split!r} (it has {', '.join(sorted(meta['splits']))})")
+    blobs = Blobs(_store(uri))
     tables = []
     for shard in meta["splits"][split]:
-        data = _store(uri).get(shard["key"])
-        if len(data) != shard["size"] or sha256(data) != shard["sha256"]:
-            raise IntegrityError(f"{uri}/{shard['key']}: checksum mismatch (the shard is truncated or altered)")
+        data = blobs.get(BlobRef(shard["key"], shard["sha256"], shard["size"]))
         tables.append(pq.read_table(io.BytesIO(data), columns=columns))
     return pa.concat_tables(tables) if tables else pa.table({})
-
-
-def has_split(uri: str, kind: str, split: str) -> bool:
-    return split in manifest(uri, kind)["splits"]
 
 
 def runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +83,7 @@ def write(store_uri: str, name: str, kind: str, splits: dict[str, Iterable[pa.Ta
     root = f"{open_store(store_uri).uri.rstrip('/')}/data/{name}"
     store = open_store(root)
     store.check_writable()
+    blobs = Blobs(store)
     out = {"format": FORMAT, "kind": kind, "meta": meta or {}, "splits": {}}
     attempt = attempt_id()
     for split, tables in splits.items():
@@ -93,9 +91,8 @@ def write(store_uri: str, name: str, kind: str, splits: dict[str, Iterable[pa.Ta
         for index, table in enumerate(tables):
             sink = io.BytesIO()
             pq.write_table(table, sink)
-            data = sink.getvalue()
-            ref = store.put_blob(f"{split}/{attempt}/part-{index:05d}.parquet", data)
-            shards.append({"key": ref["checkpoint"], "rows": table.num_rows, "size": ref["size"], "sha256": ref["sha256"]})
+            ref = blobs.put(f"{split}/{attempt}/part-{index:05d}.parquet", sink.getvalue())
+            shards.append({"key": ref.key, "rows": table.num_rows, "size": ref.size, "sha256": ref.sha256})
         out["splits"][split] = shards
     store.put(MANIFEST, json.dumps(out, indent=1, sort_keys=True).encode())
     return root, out

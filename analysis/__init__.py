@@ -1,0 +1,1 @@
+"""Reading runs back: reports, the modes side by side, lineage, replay."""

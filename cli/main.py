@@ -1,0 +1,87 @@
+"""`esgd`: run, inspect and report ESGD runs. The commands of the paper's experiments live in
+esgd.cli.experiments, the cluster commands in esgd.cli.cluster; each module adds its own."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from esgd.cli import cluster, experiments
+from esgd.cli.options import DEVICE, RUN_ID, SET, STORE, exit_after, log, run_main
+from esgd.core.spec import dump_spec, json_schema, load_spec, read_spec
+from esgd.store.uri import open_run, open_store
+
+
+def _run(args) -> int:
+    from esgd.controller.local import execute
+    from esgd.controller.runs import create_or_resume
+    from esgd.worker.preflight import preflight
+
+    spec = read_spec(args.spec, args.set)
+    run, resumed = create_or_resume(open_store(args.store), spec, args.run_id, lambda s: preflight(s, args.device))
+    log(f"{'resuming' if resumed else 'starting'} {run.uri} (mode {spec.mode}, µ={spec.mu}, K={spec.generations})")
+    execute(run, args.device, progress=log)
+    print(run.uri)
+    return 0
+
+
+def _spec(args) -> int:
+    if args.schema:
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    spec = read_spec(args.file, args.set) if args.file else load_spec("{}", args.set or [])
+    print(dump_spec(spec), end="")
+    return 0
+
+
+def _report(args) -> int:
+    from esgd.analysis.report import json_lines, load, plots
+
+    store, run_id = open_run(args.run)
+    _, summaries, final = load(store, run_id)
+    if args.json:
+        print(json_lines(summaries))
+        return 0
+    out = Path(args.out or f"esgd-report-{run_id}")
+    for path in plots(summaries, out, run_id):
+        print(path)
+    last = summaries[-1]
+    log(f"generations {len(summaries)}  best {last['best']:.4f}  top15 [{last['top15'][0]:.4f}, {last['top15'][1]:.4f}]")
+    if final:
+        metric = "" if final.metric is None else f"  {final.metric_name} {final.metric:.4f}"
+        log(f"best individual {final.best_member}  fitness {final.best_fitness:.4f}{metric}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="esgd", description="Evolutionary Stochastic Gradient Descent.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[STORE, RUN_ID, SET, DEVICE], help="run or resume a run; prints the run's URI")
+    run.add_argument("spec", help="run spec (YAML)")
+    run.set_defaults(handler=_run)
+
+    spec = sub.add_parser("spec", parents=[SET], help="print the resolved spec, or its JSON schema")
+    spec.add_argument("file", nargs="?", help="spec to resolve (default: all defaults)")
+    spec.add_argument("--schema", action="store_true", help="print the JSON schema of the run spec")
+    spec.set_defaults(handler=_spec)
+
+    report = sub.add_parser("report", help="plots (PNG) or per-generation JSON of a run")
+    report.add_argument("run", help="run URI, as printed by `esgd run`")
+    report.add_argument("--out", help="folder for the PNG plots (default esgd-report-<run-id>)")
+    report.add_argument("--json", action="store_true", help="print one JSON object per generation instead")
+    report.set_defaults(handler=_report)
+
+    cluster.add_parsers(sub)  # compile, controller, cluster-check
+    experiments.add_parsers(sub)  # data import, compare, lineage, replay
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run_main("esgd", lambda: args.handler(args))
+
+
+def entry() -> None:
+    """The `esgd` console script (exits without interpreter teardown: see options.exit_after)."""
+    exit_after(main)

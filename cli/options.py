@@ -1,0 +1,55 @@
+"""What the command lines share: the options several commands take (declared once, as argparse
+parent parsers), and how a command's errors become one line and an exit code."""
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from esgd.core.errors import InputError
+from esgd.store.base import StoreError
+
+
+def _parent(*args, **kwargs) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(*args, **kwargs)
+    return parent
+
+
+STORE = _parent("--store", help="store URI: a local directory (default ./esgd-runs or $ESGD_STORE) or s3://bucket/prefix")
+CLUSTER_STORE = _parent("--store", help="store URI every pod reaches, e.g. s3://bucket/prefix (default $ESGD_STORE)")
+RUN_ID = _parent("--run-id", help="run id; an existing id resumes (default: the spec's name plus a hash of the spec)")
+SET = _parent("--set", action="append", metavar="KEY=VALUE", help="override a spec field, e.g. --set population.mu=16 (repeatable)")
+DEVICE = _parent("--device", help="torch device: auto (a GPU if any), cpu, cuda or cuda:N (default: the spec's device)")
+SETTINGS = _parent("--settings", help="cluster settings (YAML, docs/kubernetes.md; in the chart: the <release>-settings ConfigMap)")
+
+
+def run_main(prog: str, handler: Callable[[], int]) -> int:
+    """handler()'s exit code; bad input and an unusable store become one line and exit code 2."""
+    try:
+        return handler()
+    except (InputError, StoreError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # an output path that cannot be written (--out, -o, --dot, ...)
+        print(f"{prog}: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def exit_after(main_function: Callable[[], int]) -> None:
+    """Run a CLI's main(), then exit without interpreter teardown. Everything is flushed and
+    committed by then; skipping teardown avoids a native library's thread pool aborting at exit
+    ("terminate called without an active exception", seen about once in a hundred worker runs),
+    which would turn a finished step into a failed one."""
+    code = main_function()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def log(line: str) -> None:
+    """A progress line on stderr (stdout carries only a command's result, e.g. a run URI)."""
+    print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,48 @@
+"""`esgd-worker STEP --run URI ...` (also `python -m esgd.cli.worker`): one step of a run.
+
+The local engines and the Argo Workflows' pods run exactly these commands; they pass only the
+run's URI and the step's options (esgd.core.plan.Step.options): the generation, the round, and
+member or offspring ranges (half-open, `a..b`).
+"""
+
+import argparse
+import sys
+
+from esgd.cli.options import DEVICE, exit_after
+from esgd.core.errors import InputError
+from esgd.core.plan import COMMANDS, Step, parse_range
+from esgd.store.base import StoreError
+from esgd.worker import steps
+from esgd.worker.run import Run
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="esgd-worker", description="Run one step of an ESGD run against its store.",
+                                parents=[DEVICE])
+    p.add_argument("command", choices=COMMANDS)
+    p.add_argument("--run", required=True, help="run URI: <store>/runs/<run-id>")
+    p.add_argument("--gen", type=int, help="generation (train, evolve, evaluate, select)")
+    p.add_argument("--round", type=int, help="evolution round (evolve, evaluate, select; default 0)")
+    p.add_argument("--members", type=parse_range, help="population slots a..b (train, finetune); default all")
+    p.add_argument("--offspring", type=parse_range, help="offspring a..b (evaluate); default all")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    step = Step(args.command, args.gen, args.round, args.members, args.offspring)
+    try:
+        steps.run(Run.open(args.run, args.device), step)
+    except (InputError, StoreError) as error:  # bad input: never retried; other failures exit 1, retried by Argo
+        print(f"esgd-worker: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def entry() -> None:
+    """The `esgd-worker` console script."""
+    exit_after(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,109 @@
+"""The driver: one loop for every engine. It walks a run's plan (esgd.core.plan), asks the store
+which phases are committed, hands each remaining phase to an engine, and reports progress.
+
+An engine runs the stages of a phase and knows nothing of ESGD: it gets steps, each a worker
+command with its options (Step.argv), and runs them in this process, in subprocesses on local
+GPUs, or as pods of an Argo Workflow. Whether a phase is done is never the engine's word: only
+the store's commit marker counts, so an engine may fail, be restarted or run a step twice, and
+the run still ends with the same history.
+"""
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from esgd.core.metrics import progress_line, summarize
+from esgd.core.plan import Phase, phases
+from esgd.core.records import HistoryRow
+from esgd.core import keys
+from esgd.core.spec import RunSpec
+from esgd.core.tables import read_table
+from esgd.store.run import RunRef
+
+
+class RunStopped(Exception):
+    """The run cannot go on; the message says why (the CLI prints it, exit code 2)."""
+
+
+class PhaseFailed(Exception):
+    """One attempt of a phase failed (an engine's word, e.g. a Workflow that failed); the driver
+    decides whether to try again."""
+
+
+class Engine(Protocol):
+    """Runs phases of a run's plan. docs/architecture.md, "Adding an engine", says how to write one."""
+
+    name: str
+    """Shown in messages (in-process, local GPUs, Argo, ...)."""
+    attempts: int
+    """How many times the driver hands a phase to the engine before it stops the run."""
+
+    def split(self, spec: RunSpec) -> tuple[int, int]:
+        """(individuals per train or finetune step, offspring per evaluate step): how the plan's
+        stages are cut into steps that may run in parallel."""
+        ...
+
+    def run_phase(self, run: RunRef, phase: Phase, attempt: int) -> None:
+        """Run the phase's stages in order, the steps of a stage in any order or at once; return
+        when every step has returned. Raise PhaseFailed for a failed attempt that may be tried
+        again; any other exception stops the run as it is."""
+        ...
+
+
+def committed_generations(run: RunRef) -> int:
+    """How many generations are committed (the next generation to run)."""
+    done = 0
+    while done < run.spec.generations and run.store.exists(keys.parents(run.id, done + 1)):
+        done += 1
+    return done
+
+
+def generation_summary(run: RunRef, generation: int) -> dict:
+    """The per-generation numbers of a committed generation (core.metrics.summarize)."""
+    key = keys.history_part(run.id, generation)
+    return summarize(read_table(run.store.get(key), HistoryRow, key).to_pylist(), run.spec.m)[0]
+
+
+class Driver:
+    def __init__(self, run: RunRef, engine: Engine, log: Callable[[str], None] = print):
+        self.run, self.engine, self.log = run, engine, log
+
+    def remaining(self, done: int) -> list[Phase]:
+        """The phases after `done` committed generations, in order; the final one unless committed."""
+        every = phases(self.run.spec, *self.engine.split(self.run.spec))
+        return [p for p in every if (p.generation >= done if p.generation is not None else not self.committed(p))]
+
+    def committed(self, phase: Phase) -> bool:
+        return self.run.store.exists(phase.marker(self.run.id))
+
+    def drive(self) -> None:
+        """Run every phase not yet committed; raises RunStopped when the run cannot go on."""
+        done = committed_generations(self.run)
+        if done:
+            self.log(f"resuming after {done} committed generation(s)")
+        for phase in self.remaining(done):
+            began = time.perf_counter()
+            self.complete(phase)
+            if phase.generation is not None:
+                summary = generation_summary(self.run, phase.generation)
+                self.log(progress_line(summary, self.run.spec.generations, time.perf_counter() - began))
+        self.log(f"run {self.run.id} is complete")
+
+    def complete(self, phase: Phase) -> None:
+        """Hand `phase` to the engine, up to engine.attempts times, until the store shows it committed."""
+        last = ""
+        for attempt in range(self.engine.attempts):
+            try:
+                self.engine.run_phase(self.run, phase, attempt)
+                failure = None
+            except PhaseFailed as error:
+                failure = str(error)
+            if self.committed(phase):
+                return  # also when the engine says it failed: e.g. a successful Workflow deleted by its TTL
+            if failure is None:
+                raise RunStopped(f"{self.engine.name} ran {phase.name} but it is not committed in {self.run.uri}: "
+                                 "do the steps and the driver use the same store?")
+            last = failure
+            left = self.engine.attempts - attempt - 1
+            self.log(failure + (f"; on to the next attempt ({left} left)" if left else ""))
+        raise RunStopped(f"{phase.name} failed {self.engine.attempts} time(s); last: {last}")

@@ -1,0 +1,167 @@
+"""Typed records: what the steps commit to the store, and the rows of manifests and history.
+
+One encoding each: a record is a JSON object (its fields, nested records as objects, plus its
+schema name and version under "schema"); a row is a Parquet row whose columns derive from its
+fields (esgd.core.tables). Both are checked on read: a record of another schema, a missing or
+mistyped field, raise SchemaError naming the key, instead of being misread.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from typing import ClassVar
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from esgd.core.errors import InputError
+from esgd.core.hparams import HParams
+
+STRICT = ConfigDict(extra="forbid")  # pydantic's validation of these dataclasses: unknown fields are errors
+
+
+class SchemaError(InputError):
+    """A stored record or table of an unknown or different schema, or with fields it should not have."""
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """Where a checksummed object lives: key, SHA-256 and size (a checkpoint, a dataset shard)."""
+
+    __pydantic_config__ = STRICT
+    key: str
+    sha256: str
+    size: int = field(metadata={"arrow": "int64"})
+
+
+# Records (JSON) -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InitRecord:
+    """An individual of generation 0, or the run's reference model."""
+
+    SCHEMA: ClassVar[str] = "init/1"
+    __pydantic_config__ = STRICT
+    member: str
+    checkpoint: BlobRef
+    fitness: float
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """An individual after its SGD step (or fine-tuning)."""
+
+    SCHEMA: ClassVar[str] = "train/1"
+    __pydantic_config__ = STRICT
+    member: str
+    checkpoint: BlobRef
+    fitness: float
+    fitness_before: float
+    hparams: HParams  # as trained with (single mode: the lr after its halvings)
+    backoffs: int
+    epochs: int
+    epoch_fitness: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class OffspringRecord:
+    """An offspring: the mean of its parents (fittest first) plus N(0, sigma²) noise."""
+
+    SCHEMA: ClassVar[str] = "offspring/1"
+    __pydantic_config__ = STRICT
+    member: str
+    checkpoint: BlobRef
+    parents: tuple[str, ...]
+    sigma: float
+
+
+@dataclass(frozen=True)
+class FitnessRecord:
+    """An offspring's fitness."""
+
+    SCHEMA: ClassVar[str] = "fitness/1"
+    __pydantic_config__ = STRICT
+    member: str
+    fitness: float
+
+
+@dataclass(frozen=True)
+class FinalSummary:
+    """The run's answer: its best individual after the last generation (and fine-tuning)."""
+
+    SCHEMA: ClassVar[str] = "final/1"
+    __pydantic_config__ = STRICT
+    best_member: str
+    best_fitness: float
+    checkpoint: BlobRef
+    metric_name: str
+    metric: float | None
+
+
+@cache
+def _adapter(cls) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def encode(record) -> bytes:
+    return json.dumps({"schema": record.SCHEMA, **asdict(record)}, sort_keys=True).encode()
+
+
+def decode(cls, data: bytes, where: str):
+    """The record of type `cls` in `data`; SchemaError naming `where` if it is not one."""
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        raise SchemaError(f"{where}: not a JSON record") from None
+    found = raw.pop("schema", None) if isinstance(raw, dict) else None
+    if found != cls.SCHEMA:
+        raise SchemaError(f"{where}: schema {found!r}, expected {cls.SCHEMA!r}")
+    return validate(cls, raw, where)
+
+
+def validate(cls, raw: dict, where: str):
+    try:
+        return _adapter(cls).validate_python(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        loc = ".".join(str(part) for part in first["loc"])
+        raise SchemaError(f"{where}: not a valid {cls.__name__} ({loc}: {first['msg']})") from None
+
+
+# Rows (Parquet) -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    """One individual of a population manifest (the population between two steps)."""
+
+    SCHEMA: ClassVar[str] = "manifest/2"
+    __pydantic_config__ = STRICT
+    member: str
+    checkpoint: BlobRef
+    fitness: float
+    role: str  # parent, offspring or reference: what it was in the pool it survived
+    born: int  # generation it was made in (0 for the initial population)
+    parents: tuple[str, ...]
+    elite: bool
+    hparams: HParams | None  # what it last trained with (None before its first SGD step)
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One individual in one generation: history.parquet, one row each (docs: README, "history")."""
+
+    SCHEMA: ClassVar[str] = "history/1"
+    generation: int
+    round: int  # evolution round an offspring was born in; -1 for parents
+    member: str
+    role: str  # parent, offspring, reference or finetune
+    fitness: float  # after training (parents) or at birth (offspring)
+    fitness_before: float | None  # parents: fitness when the generation began
+    elite: bool
+    selected: bool  # survives into the next generation
+    hparams: HParams | None = field(metadata={"flatten": True})  # one column per field
+    parents: tuple[str, ...]
+    sigma: float | None  # mutation std an offspring was made with
+    backoffs: int
+    epochs: int

@@ -1,3 +1,0 @@
-from esgd.worker.cli import entry
-
-entry()
