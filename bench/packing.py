@@ -26,6 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from esgd.core.hparams import HParams
 from esgd.worker.packed import Pack, train_pack
 from esgd.worker.task import Task
 from esgd.worker.tasks.mlp import mlp
@@ -61,8 +62,8 @@ def data(shape, classes, n, device):
 FAMILIES = ("sgd", "nesterov", "adam", "adamw", "rmsprop")
 
 
-def hp(batch, family="nesterov"):
-    return {"optimizer": family, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "beta1": 0.9, "beta2": 0.999, "batch_size": batch}
+def hp(batch, family="nesterov") -> HParams:
+    return HParams(family, lr=0.05, momentum=0.9, weight_decay=5e-4, beta1=0.9, beta2=0.999, batch_size=batch)
 
 
 def sequential(factory, x, y, batch, steps, models, device) -> float:
@@ -122,7 +123,6 @@ def generation_share(device: str, generations: int, task_args: dict, epochs: int
     from esgd.core.spec import parse_spec
     from esgd.store.local import LocalStore
     from esgd.worker import steps
-    from esgd.worker.run import Run
 
     inside = [0.0]
 
@@ -143,8 +143,8 @@ def generation_share(device: str, generations: int, task_args: dict, epochs: int
     marks = []
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore(tmp)
-        run_id, _ = create_or_resume(store, spec, "bench")
-        execute(Run(store, run_id, spec, device), progress=lambda line: marks.append((time.perf_counter(), inside[0])))
+        run, _ = create_or_resume(store, spec, "bench")
+        execute(run, device, progress=lambda line: line.startswith("gen ") and marks.append((time.perf_counter(), inside[0])))
     for name, fn in originals.items():
         setattr(steps, name, fn)
     (t0, i0), (t1, i1) = marks[0], marks[-1]

@@ -22,15 +22,14 @@ def seconds_per_generation(bucket: str, objects: int, generations: int) -> float
     from esgd.controller.runs import create_or_resume
     from esgd.core.spec import parse_spec
     from esgd.store.s3 import S3Store
-    from esgd.worker.run import Run
 
     os.environ["ESGD_S3_OBJECTS"] = str(objects)
     store = S3Store(bucket, f"objects-{objects}-{time.time_ns()}")
     spec = parse_spec({"generations": generations + 1, "population": {"mu": 16, "offspring": 16}, "task_args": {"hidden": 32},
                        "sgd": {"batch_size": [64], "epochs": 1}, "device": "cpu"})
-    run_id, _ = create_or_resume(store, spec, "bench")
+    run, _ = create_or_resume(store, spec, "bench")
     marks = []
-    execute(Run(store, run_id, spec, "cpu"), progress=lambda line: marks.append(time.perf_counter()))
+    execute(run, "cpu", progress=lambda line: line.startswith("gen ") and marks.append(time.perf_counter()))
     return (marks[-1] - marks[0]) / (len(marks) - 1)
 
 

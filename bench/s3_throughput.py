@@ -54,7 +54,7 @@ def bench(bucket: str, mb: int, repeat: int) -> dict:
     writes = {
         "store write": lambda: store.put("store.arrow", data),
         "boto3 write": lambda: raw.upload_fileobj(io.BytesIO(data), bucket, key, Config=config),
-        "store streamed write": lambda: store.put_stream("streamed.arrow", iter(pieces)),
+        "store streamed write": lambda: store.write_stream("streamed.arrow", iter(pieces)),
     }
     for round_ in range(repeat):
         for name in sorted(writes, reverse=bool(round_ % 2)):  # alternate the order

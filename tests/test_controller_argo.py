@@ -8,7 +8,8 @@ prove that the controller's Workflows, executed, produce the committed state it 
 
 import copy
 import re
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -325,3 +326,29 @@ def test_controller_cli_creates_then_resumes_a_run(tmp_path, monkeypatch, capsys
     assert uri.endswith("/runs/cli") and created_names(fakes[0]) == ["cli-g0000-a0", "cli-g0001-a0", "cli-final-a0"]
     assert main(["controller", uri, *common]) == 0
     assert fakes[1].created == [] and "run cli is complete" in capsys.readouterr().err
+
+
+RESUME_WITHOUT_TORCH = """
+import sys
+import esgd.controller.argo as argo
+
+class NothingToSubmit:
+    def get(self, namespace, name):
+        return None
+
+    def create(self, namespace, body):
+        raise AssertionError("a finished run submits nothing")
+
+argo.KubernetesWorkflows = NothingToSubmit
+from esgd.cli.main import main
+code = main(["controller", sys.argv[1], "--namespace", "esgd"])
+print("torch" in sys.modules, code)
+"""
+
+
+def test_the_controller_resumes_a_run_by_uri_without_torch(run):
+    """`esgd controller RUN_URI` (what a restarted launcher runs) needs neither torch nor the task."""
+    controller(FakeWorkflows(), run).drive()
+    done = subprocess.run([sys.executable, "-c", RESUME_WITHOUT_TORCH, run.uri], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split()[-2:] == ["False", "0"], done.stdout + done.stderr
+    assert "run tiny-run is complete" in done.stderr
