@@ -9,7 +9,7 @@ STORE  ?= esgd-runs
 TORCH_CPU      ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: install demo test smoke bench clean
+.PHONY: install demo test lint format smoke bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,8 +29,17 @@ demo: install
 	$(VENV)/bin/esgd compare examples/digits.yaml --store $(STORE) --run-id demo --modes population,esgd --out demo-out/compare
 	$(VENV)/bin/esgd report $(STORE)/runs/demo-esgd --out demo-out/esgd
 
-test: install
+# The linter and the formatter (both ruff, configured in pyproject.toml) first, then the tests.
+test: lint
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # The cluster path end to end on a local kind cluster: Argo Workflows v4, MinIO, the chart, a
 # 2-generation CPU run with `argo submit --wait`. Needs docker, kind, kubectl, helm, argo (not on CI).
@@ -42,4 +51,4 @@ bench: install
 	$(PY) bench/packing.py --quick
 
 clean:
-	rm -rf $(STORE) demo-out esgd-report-*
+	rm -rf $(STORE) demo-out esgd-report-* esgd-compare-*

@@ -39,8 +39,14 @@ def parse_modes(text: str | None) -> tuple[str, ...]:
     return modes
 
 
-def compare(spec: RunSpec, store_uri: str | None, base: str | None = None, device: str | None = None,
-            modes: tuple[str, ...] = MODES, progress: Callable[[str], None] = print) -> list[dict]:
+def compare(
+    spec: RunSpec,
+    store_uri: str | None,
+    base: str | None = None,
+    device: str | None = None,
+    modes: tuple[str, ...] = MODES,
+    progress: Callable[[str], None] = print,
+) -> list[dict]:
     """Run (or resume) every mode; one result per mode: mode, run (URI), best, top15, metric_name,
     metric, epochs (individual-epochs of SGD), generations (per-generation summaries)."""
     from esgd.analysis.report import load
@@ -55,29 +61,35 @@ def compare(spec: RunSpec, store_uri: str | None, base: str | None = None, devic
     for mode in modes:
         mode_spec = with_mode(spec, mode)
         run, resumed = create_or_resume(store, mode_spec, f"{base}-{mode}", lambda s: preflight(s, device))
-        progress(f"{'resuming' if resumed else 'starting'} {mode}: {run.uri} (µ={mode_spec.mu}, K={mode_spec.generations})")
+        progress(
+            f"{'resuming' if resumed else 'starting'} {mode}: {run.uri} (µ={mode_spec.mu}, K={mode_spec.generations})"
+        )
         began = time.perf_counter()
         execute(run, device, progress=progress)
         progress(f"{mode}: {time.perf_counter() - began:.1f}s")
         rows, summaries, final = load(store, run.id)
         last = summaries[-1]
-        results.append({
-            "mode": mode,
-            "run": run.uri,
-            "best": final.best_fitness,
-            "top15": last["top15"],
-            "metric_name": final.metric_name,
-            "metric": final.metric,
-            "best_member": final.best_member,
-            "epochs": sum(r["epochs"] or 0 for r in rows if r["role"] in ("parent", "finetune")),
-            "generations": summaries,
-        })
+        results.append(
+            {
+                "mode": mode,
+                "run": run.uri,
+                "best": final.best_fitness,
+                "top15": last["top15"],
+                "metric_name": final.metric_name,
+                "metric": final.metric,
+                "best_member": final.best_member,
+                "epochs": sum(r["epochs"] or 0 for r in rows if r["role"] in ("parent", "finetune")),
+                "generations": summaries,
+            }
+        )
     return results
 
 
 def title(spec: RunSpec) -> str:
-    return (f"{spec.name}: K={spec.generations}, Ks={spec.sgd.epochs}, µ={spec.population.mu}, "
-            f"λ={spec.population.offspring}, m={spec.population.m}, seed {spec.seed}")
+    return (
+        f"{spec.name}: K={spec.generations}, Ks={spec.sgd.epochs}, µ={spec.population.mu}, "
+        f"λ={spec.population.offspring}, m={spec.population.m}, seed {spec.seed}"
+    )
 
 
 def _metric(value: float | None, name: str) -> str:
@@ -93,13 +105,17 @@ def table(results: list[dict], title: str) -> str:
     lines = [title, head, "-" * len(head)]
     for r in results:
         band = f"[{r['top15'][0]:.4f}, {r['top15'][1]:.4f}]"
-        lines.append(f"{r['mode']:<14} {r['best']:>12.4f}  {band:<20} {_metric(r['metric'], name):>12}  {r['epochs']:>10}")
+        lines.append(
+            f"{r['mode']:<14} {r['best']:>12.4f}  {band:<20} {_metric(r['metric'], name):>12}  {r['epochs']:>10}"
+        )
     return "\n".join(lines)
 
 
 def json_lines(results: list[dict]) -> str:
     keep = ("mode", "best", "top15", "metric_name", "metric", "run", "best_member", "epochs")
-    return "\n".join(json.dumps(finite({**{k: r[k] for k in keep}, r["metric_name"]: r["metric"]}), allow_nan=False) for r in results)
+    return "\n".join(
+        json.dumps(finite({**{k: r[k] for k in keep}, r["metric_name"]: r["metric"]}), allow_nan=False) for r in results
+    )
 
 
 def plots(results: list[dict], out: Path, title: str) -> list[Path]:
@@ -114,9 +130,16 @@ def plots(results: list[dict], out: Path, title: str) -> list[Path]:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in results:
         gens = [s["generation"] for s in r["generations"]]
-        line, = ax.plot(gens, [s["best"] for s in r["generations"]], marker="o", markersize=3, label=f"{r['mode']} (best)")
-        ax.fill_between(gens, [s["top15"][0] for s in r["generations"]], [s["top15"][1] for s in r["generations"]],
-                        color=line.get_color(), alpha=0.15)
+        (line,) = ax.plot(
+            gens, [s["best"] for s in r["generations"]], marker="o", markersize=3, label=f"{r['mode']} (best)"
+        )
+        ax.fill_between(
+            gens,
+            [s["top15"][0] for s in r["generations"]],
+            [s["top15"][1] for s in r["generations"]],
+            color=line.get_color(),
+            alpha=0.15,
+        )
     ax.set(xlabel="generation", ylabel="fitness (loss, lower is better)", title=f"{title}: best and [best, 15th best]")
     ax.set_yscale("log")
     ax.legend()
@@ -124,8 +147,12 @@ def plots(results: list[dict], out: Path, title: str) -> list[Path]:
     width = 0.8 / max(1, len(results))
     for i, r in enumerate(results):
         gens = [s["generation"] for s in r["generations"]]
-        ax2.bar([g + (i - (len(results) - 1) / 2) * width for g in gens], [100 * s["offspring_in_elite"] for s in r["generations"]],
-                width=width, label=r["mode"])
+        ax2.bar(
+            [g + (i - (len(results) - 1) / 2) * width for g in gens],
+            [100 * s["offspring_in_elite"] for s in r["generations"]],
+            width=width,
+            label=r["mode"],
+        )
     ax2.set(xlabel="generation", ylabel="% offspring", ylim=(0, 100), title=f"{title}: offspring among the m elites")
     ax2.legend()
     files = [out / "fitness.png", out / "offspring_in_elite.png"]

@@ -88,13 +88,24 @@ def lineage(rows: list[dict], member: str) -> Lineage:
         if birth is None or birth["role"] != "offspring":
             continue
         for index, parent in enumerate(birth["parents"]):
-            edges.append({"parent": parent, "child": child, "generation": birth["generation"], "round": birth["round"],
-                          "sigma": birth["sigma"], "first": index == 0})
+            edges.append(
+                {
+                    "parent": parent,
+                    "child": child,
+                    "generation": birth["generation"],
+                    "round": birth["round"],
+                    "sigma": birth["sigma"],
+                    "first": index == 0,
+                }
+            )
             if parent not in until:
                 todo.append(parent)
             until[parent] = max(until.get(parent, (-1, -1)), _when(birth))
-    kept = [r for r in rows if r["member"] in until
-            and (r["role"] in ("offspring", "reference") or _when(r)[0] <= until[r["member"]][0])]
+    kept = [
+        r
+        for r in rows
+        if r["member"] in until and (r["role"] in ("offspring", "reference") or _when(r)[0] <= until[r["member"]][0])
+    ]
     kept.sort(key=lambda r: (_when(r), r["member"]))
     edges.sort(key=lambda e: (e["generation"], e["round"], e["child"], not e["first"]))
     line = [member]
@@ -105,7 +116,11 @@ def lineage(rows: list[dict], member: str) -> Lineage:
     for index, m in enumerate(line):
         born = births[m]["generation"] if m in births else -1
         stop = births[line[index + 1]]["generation"] if index + 1 < len(line) else math.inf
-        steps += [r for r in rows if r["member"] == m and r["role"] in ("parent", "finetune") and born < r["generation"] <= stop]
+        steps += [
+            r
+            for r in rows
+            if r["member"] == m and r["role"] in ("parent", "finetune") and born < r["generation"] <= stop
+        ]
     steps.sort(key=lambda r: r["generation"])
     return Lineage(member, line, set(until), kept, edges, steps, births)
 
@@ -129,23 +144,53 @@ def events(lin: Lineage) -> list[dict]:
     first = lin.line[0]
     if first in lin.births:  # a reference member
         b = lin.births[first]
-        out.append({"generation": b["generation"], "round": b["round"], "member": first, "event": "reference",
-                    "text": "the run's reference checkpoint, inserted unchanged", "fitness": b["fitness"]})
+        out.append(
+            {
+                "generation": b["generation"],
+                "round": b["round"],
+                "member": first,
+                "event": "reference",
+                "text": "the run's reference checkpoint, inserted unchanged",
+                "fitness": b["fitness"],
+            }
+        )
     else:
         start = next((r["fitness_before"] for r in lin.schedule if r["member"] == first), None)
-        out.append({"generation": 0, "round": -1, "member": first, "event": "init",
-                    "text": "initialised (generation 0)", "fitness": start})
+        out.append(
+            {
+                "generation": 0,
+                "round": -1,
+                "member": first,
+                "event": "init",
+                "text": "initialised (generation 0)",
+                "fitness": start,
+            }
+        )
     for row in lin.schedule:
-        out.append({"generation": row["generation"], "round": -1, "member": row["member"],
-                    "event": "finetune" if row["role"] == "finetune" else "train",
-                    "text": f"{'fine-tuned' if row['role'] == 'finetune' else 'trained'} {hp_text(row)}, "
-                            f"{row['epochs']} epoch(s), {row['backoffs']} back-off(s), from {row['fitness_before']:.4f}",
-                    "fitness": row["fitness"]})
+        out.append(
+            {
+                "generation": row["generation"],
+                "round": -1,
+                "member": row["member"],
+                "event": "finetune" if row["role"] == "finetune" else "train",
+                "text": f"{'fine-tuned' if row['role'] == 'finetune' else 'trained'} {hp_text(row)}, "
+                f"{row['epochs']} epoch(s), {row['backoffs']} back-off(s), from {row['fitness_before']:.4f}",
+                "fitness": row["fitness"],
+            }
+        )
     for m in lin.line[1:]:
         b = lin.births[m]
         parents = ", ".join(b["parents"])
-        out.append({"generation": b["generation"], "round": b["round"], "member": m, "event": "born",
-                    "text": f"born: mean({parents}) + N(0, {b['sigma']:.4g}²)", "fitness": b["fitness"]})
+        out.append(
+            {
+                "generation": b["generation"],
+                "round": b["round"],
+                "member": m,
+                "event": "born",
+                "text": f"born: mean({parents}) + N(0, {b['sigma']:.4g}²)",
+                "fitness": b["fitness"],
+            }
+        )
     order = {"reference": 0, "init": 0, "train": 1, "born": 2, "finetune": 3}
     out.sort(key=lambda e: (e["generation"], order[e["event"]], e["round"]))
     return out
@@ -177,9 +222,14 @@ def text(lin: Lineage, title: str) -> str:
 
 def to_json(lin: Lineage) -> dict:
     return {
-        "member": lin.member, "line": lin.line, "ancestors": sorted(lin.ancestors), "edges": lin.edges,
-        "schedule": [{k: r[k] for k in ("generation", "member", "role", *HP, "epochs", "backoffs", "fitness_before", "fitness")}
-                     for r in lin.schedule],
+        "member": lin.member,
+        "line": lin.line,
+        "ancestors": sorted(lin.ancestors),
+        "edges": lin.edges,
+        "schedule": [
+            {k: r[k] for k in ("generation", "member", "role", *HP, "epochs", "backoffs", "fitness_before", "fitness")}
+            for r in lin.schedule
+        ],
         "events": events(lin),
     }
 
@@ -200,8 +250,13 @@ def to_dot(lin: Lineage, title: str) -> str:
             origin = "initial" if b is None else "reference"
         else:
             origin = f"born g{b['generation']} r{b['round']} σ={b['sigma']:.3g}"
-        label = [m, origin, *trained.get(m, [])[:6], *(["..."] if len(trained.get(m, [])) > 6 else []),
-                 f"fitness {last.get(m, float('nan')):.4f}"]
+        label = [
+            m,
+            origin,
+            *trained.get(m, [])[:6],
+            *(["..."] if len(trained.get(m, [])) > 6 else []),
+            f"fitness {last.get(m, float('nan')):.4f}",
+        ]
         style = ', style="filled", fillcolor="#ffe9a8"' if m in lin.line else ""
         shape = ", peripheries=2" if m == lin.member else ""
         label_text = "\\n".join(part.replace('"', "'") for part in label)

@@ -7,10 +7,9 @@ import torch
 
 from esgd.analysis.lineage import HP, Lineage, hp_text, lineage, winner
 from esgd.analysis.report import read_final, read_history
-from esgd.core import hparams
+from esgd.core import hparams, keys
 from esgd.core.hparams import HParams
 from esgd.core.records import InitRecord
-from esgd.core import keys
 from esgd.worker import population
 from esgd.worker.run import Run
 from esgd.worker.train import fitness, train
@@ -45,28 +44,52 @@ def replay(run: Run, member: str | None = None) -> tuple[list[dict], torch.nn.Mo
     for index, row in enumerate(lin.schedule):
         hp = start_hparams(spec, lin, index)
         result = train(
-            model, run.task, run.train_data, run.fitness_data, hp, row["epochs"], current,
-            1.0 if spec.mode == "single" else spec.sgd.backoff, run.seed(row["generation"], row["member"]),
+            model,
+            run.task,
+            run.train_data,
+            run.fitness_data,
+            hp,
+            row["epochs"],
+            current,
+            1.0 if spec.mode == "single" else spec.sgd.backoff,
+            run.seed(row["generation"], row["member"]),
             halve_lr=spec.mode == "single",
         )
-        out.append({"generation": row["generation"], "member": row["member"], "role": row["role"], **asdict(hp),
-                    "epochs": row["epochs"], "run_fitness_before": row["fitness_before"], "replay_fitness_before": current,
-                    "run_fitness": row["fitness"], "replay_fitness": result.fitness,
-                    "run_backoffs": row["backoffs"], "replay_backoffs": result.backoffs})
+        out.append(
+            {
+                "generation": row["generation"],
+                "member": row["member"],
+                "role": row["role"],
+                **asdict(hp),
+                "epochs": row["epochs"],
+                "run_fitness_before": row["fitness_before"],
+                "replay_fitness_before": current,
+                "run_fitness": row["fitness"],
+                "replay_fitness": result.fitness,
+                "run_backoffs": row["backoffs"],
+                "replay_backoffs": result.backoffs,
+            }
+        )
         current = result.fitness
     return out, model, lin
 
 
 def replay_text(steps: list[dict], lin: Lineage, metric: tuple[str, float | None]) -> str:
     births = {lin.births[m]["generation"] for m in lin.line[1:]}
-    lines = [f"replay of {lin.member} along its line {' -> '.join(lin.line)}",
-             f"{'gen':>4}  {'member':<15} {'schedule':<52} {'run':>8} {'replay':>8}  back-offs (run/replay)"]
+    lines = [
+        f"replay of {lin.member} along its line {' -> '.join(lin.line)}",
+        f"{'gen':>4}  {'member':<15} {'schedule':<52} {'run':>8} {'replay':>8}  back-offs (run/replay)",
+    ]
     for s in steps:
-        lines.append(f"{s['generation']:>4}  {s['member']:<15} {hp_text(s):<52} {s['run_fitness']:>8.4f} {s['replay_fitness']:>8.4f}"
-                     f"  {s['run_backoffs']}/{s['replay_backoffs']}"
-                     + ("   <- a birth on the line follows" if s["generation"] in births else ""))
+        lines.append(
+            f"{s['generation']:>4}  {s['member']:<15} {hp_text(s):<52} "
+            f"{s['run_fitness']:>8.4f} {s['replay_fitness']:>8.4f}  {s['run_backoffs']}/{s['replay_backoffs']}"
+            + ("   <- a birth on the line follows" if s["generation"] in births else "")
+        )
     name, value = metric
     if steps:
-        lines.append(f"replayed network: fitness {steps[-1]['replay_fitness']:.4f}"
-                     + ("" if value is None else f"  {name} {value:.4f}"))
+        lines.append(
+            f"replayed network: fitness {steps[-1]['replay_fitness']:.4f}"
+            + ("" if value is None else f"  {name} {value:.4f}")
+        )
     return "\n".join(lines)

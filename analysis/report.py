@@ -54,7 +54,13 @@ def plots(summaries: list[dict], out: Path, title: str) -> list[Path]:
     files = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.fill_between(gens, [s["top15"][0] for s in summaries], [s["top15"][1] for s in summaries], alpha=0.3, label="best .. 15th best")
+    ax.fill_between(
+        gens,
+        [s["top15"][0] for s in summaries],
+        [s["top15"][1] for s in summaries],
+        alpha=0.3,
+        label="best .. 15th best",
+    )
     ax.plot(gens, [s["best"] for s in summaries], marker="o", label="best")
     ax.plot(gens, [s["elite_mean"] for s in summaries], label="m-elitist mean")
     ax.plot(gens, [s["mean"] for s in summaries], linestyle="--", label="population mean")

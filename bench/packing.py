@@ -97,15 +97,28 @@ def packed(template, factory, x, y, batch, steps, epoch_steps, k, device, bf16, 
     hps = [hp(batch, FAMILIES[i * len(FAMILIES) // k] if mixed else "nesterov") for i in range(k)]
     n = batch * steps
     task = Task(model=factory, train=(x[:n], y[:n]), fitness=(x[:batch], y[:batch]), eval_batch_size=batch)
+
     def once(steps_n):
         pack = Pack.from_models([template] + [factory().to(device) for _ in range(k - 1)])
         sub = (x[: batch * steps_n], y[: batch * steps_n])
         sync(device)
         began = time.perf_counter()
-        train_pack(pack, task, sub, task.fitness, hps, 1, [math.inf] * k, 1.0,
-                   [(0, 0, f"m{i}") for i in range(k)], bf16=bf16, compiled=compiled)
+        train_pack(
+            pack,
+            task,
+            sub,
+            task.fitness,
+            hps,
+            1,
+            [math.inf] * k,
+            1.0,
+            [(0, 0, f"m{i}") for i in range(k)],
+            bf16=bf16,
+            compiled=compiled,
+        )
         sync(device)
         return time.perf_counter() - began
+
     once(2)  # warm-up (allocations, cudnn autotuning, compilation)
     whole = once(steps)
     if steps <= 2:
@@ -133,18 +146,30 @@ def generation_share(device: str, generations: int, task_args: dict, epochs: int
                 return fn(*args, **kwargs)
             finally:
                 inside[0] += time.perf_counter() - began
+
         return wrapper
 
     originals = {name: getattr(steps, name) for name in ("train_member", "train_pack", "fitness", "pack_fitness")}
     for name, fn in originals.items():  # what the steps call
         setattr(steps, name, timed(fn))
-    spec = parse_spec({"generations": generations + 1, "population": {"mu": 16, "offspring": 16}, "task_args": task_args,
-                       "sgd": {"batch_size": [64], "epochs": epochs}, "device": device})
+    spec = parse_spec(
+        {
+            "generations": generations + 1,
+            "population": {"mu": 16, "offspring": 16},
+            "task_args": task_args,
+            "sgd": {"batch_size": [64], "epochs": epochs},
+            "device": device,
+        }
+    )
     marks = []
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore(tmp)
         run, _ = create_or_resume(store, spec, "bench")
-        execute(run, device, progress=lambda line: line.startswith("gen ") and marks.append((time.perf_counter(), inside[0])))
+        execute(
+            run,
+            device,
+            progress=lambda line: line.startswith("gen ") and marks.append((time.perf_counter(), inside[0])),
+        )
     for name, fn in originals.items():
         setattr(steps, name, fn)
     (t0, i0), (t1, i1) = marks[0], marks[-1]
@@ -158,15 +183,23 @@ def main() -> None:
     p.add_argument("--ks", default="1,8,32,64")
     p.add_argument("--steps", type=int, help="steps per measurement (default: 20 mlp / 5 resnet20 on cpu; 30 on cuda)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for packed training (CUDA)")
-    p.add_argument("--mixed-k", type=int, default=16, help="also time a pack of this many with five optimizer families (0: no)")
-    p.add_argument("--compile", action="store_true", help="also time packed training through torch.compile (pack.compile)")
+    p.add_argument(
+        "--mixed-k", type=int, default=16, help="also time a pack of this many with five optimizer families (0: no)"
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="also time packed training through torch.compile (pack.compile)"
+    )
     p.add_argument("--quick", action="store_true", help="fewer steps and fewer configurations: minutes, not hours")
     p.add_argument("--generations", type=int, default=3, help="generations measured for the outside-share (0: skip it)")
     args = p.parse_args()
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    devices = (
+        ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    )
     ks = [int(k) for k in args.ks.split(",")]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}"
+    )
     print("| device | model | how | s per individual-epoch | vs sequential |")
     print("|---|---|---|---|---|")
     for device_name in devices:
@@ -185,18 +218,30 @@ def main() -> None:
             template = factory().to(device)
             per_epoch = epoch / batch
             repeats = 1 if cpu_resnet else 3  # best of a few: the CPU numbers are noisy
-            base = min(sequential(factory, x, y, batch, steps, 2 if cpu_resnet else 4, device) for _ in range(repeats)) * per_epoch
+            base = (
+                min(sequential(factory, x, y, batch, steps, 2 if cpu_resnet else 4, device) for _ in range(repeats))
+                * per_epoch
+            )
             print(f"| {device_name} | {name} | sequential loop, fp32 | {base:.4f} | 1.0x |", flush=True)
             bf16 = args.bf16 and device.type == "cuda"
             for k in model_ks:
                 for compiled in (False, True) if args.compile else (False,):
-                    t = min(packed(template, factory, x, y, batch, steps, per_epoch, k, device, bf16, compiled=compiled) for _ in range(repeats))
+                    t = min(
+                        packed(template, factory, x, y, batch, steps, per_epoch, k, device, bf16, compiled=compiled)
+                        for _ in range(repeats)
+                    )
                     how = f"packed k={k}{' bf16' if bf16 else ''}{' compiled' if compiled else ''}"
                     print(f"| {device_name} | {name} | {how} | {t:.4f} | {base / t:.1f}x |", flush=True)
             if args.mixed_k and not cpu_resnet:
                 k = args.mixed_k
-                t = min(packed(template, factory, x, y, batch, steps, per_epoch, k, device, bf16, mixed=True) for _ in range(repeats))
-                print(f"| {device_name} | {name} | packed k={k}, 5 optimizer families | {t:.4f} | {base / t:.1f}x |", flush=True)
+                t = min(
+                    packed(template, factory, x, y, batch, steps, per_epoch, k, device, bf16, mixed=True)
+                    for _ in range(repeats)
+                )
+                print(
+                    f"| {device_name} | {name} | packed k={k}, 5 optimizer families | {t:.4f} | {base / t:.1f}x |",
+                    flush=True,
+                )
     workloads = {  # the bundled task as shipped, and the same data with 16x the training work
         "digits MLP 32x2, 1 epoch": ({"hidden": 32}, 1),
         "digits MLP 256x3, 4 epochs": ({"hidden": 256, "depth": 3}, 4),
@@ -204,8 +249,12 @@ def main() -> None:
     for device_name in devices if args.generations else []:
         for label, (task_args, epochs) in workloads.items():
             share, seconds = generation_share(device_name, args.generations, task_args, epochs)
-            print(f"local generation on {device_name}, {label} (mu=16, lambda=16, packed): {seconds:.3f} s per generation, "
-                  f"{share:.1%} outside training and fitness evaluation ({share * seconds / 32 * 1e3:.1f} ms per individual)", flush=True)
+            print(
+                f"local generation on {device_name}, {label} (mu=16, lambda=16, packed): "
+                f"{seconds:.3f} s per generation, {share:.1%} outside training and fitness evaluation "
+                f"({share * seconds / 32 * 1e3:.1f} ms per individual)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

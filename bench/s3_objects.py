@@ -25,8 +25,15 @@ def seconds_per_generation(bucket: str, objects: int, generations: int) -> float
 
     os.environ["ESGD_S3_OBJECTS"] = str(objects)
     store = S3Store(bucket, f"objects-{objects}-{time.time_ns()}")
-    spec = parse_spec({"generations": generations + 1, "population": {"mu": 16, "offspring": 16}, "task_args": {"hidden": 32},
-                       "sgd": {"batch_size": [64], "epochs": 1}, "device": "cpu"})
+    spec = parse_spec(
+        {
+            "generations": generations + 1,
+            "population": {"mu": 16, "offspring": 16},
+            "task_args": {"hidden": 32},
+            "sgd": {"batch_size": [64], "epochs": 1},
+            "device": "cpu",
+        }
+    )
     run, _ = create_or_resume(store, spec, "bench")
     marks = []
     execute(run, "cpu", progress=lambda line: line.startswith("gen ") and marks.append(time.perf_counter()))
@@ -40,8 +47,8 @@ def main() -> int:
     args = p.parse_args()
     with bench_bucket(args.bucket) as bucket:
         for objects in (1, 4, 8, 1, 4):
-            print(f"ESGD_S3_OBJECTS={objects}: {seconds_per_generation(bucket, objects, args.generations):.3f} s per generation",
-                  flush=True)
+            seconds = seconds_per_generation(bucket, objects, args.generations)
+            print(f"ESGD_S3_OBJECTS={objects}: {seconds:.3f} s per generation", flush=True)
     return 0
 
 

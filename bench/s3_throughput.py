@@ -46,8 +46,13 @@ def bench(bucket: str, mb: int, repeat: int) -> dict:
     raw = store.client  # same endpoint, credentials and botocore config
     config = TransferConfig()  # boto3's defaults: 8 MB parts, 10 threads
     key = "bench/raw.arrow"
-    times: dict[str, list[float]] = {"store write": [], "boto3 write": [], "store read": [], "boto3 read": [],
-                                     "store streamed write": []}
+    times: dict[str, list[float]] = {
+        "store write": [],
+        "boto3 write": [],
+        "store read": [],
+        "boto3 read": [],
+        "store streamed write": [],
+    }
     pieces = [data[i : i + (4 << 20)] for i in range(0, len(data), 4 << 20)]  # as the evolve step hands them over
     store.put("warm-up.arrow", data)  # untimed: the bucket's first write allocates its volumes
     raw.upload_fileobj(io.BytesIO(data), bucket, "bench/warm-up-raw.arrow", Config=config)
@@ -56,17 +61,17 @@ def bench(bucket: str, mb: int, repeat: int) -> dict:
         "boto3 write": lambda: raw.upload_fileobj(io.BytesIO(data), bucket, key, Config=config),
         "store streamed write": lambda: store.write_stream("streamed.arrow", iter(pieces)),
     }
+    got = {}
+
+    def boto3_read():
+        sink = io.BytesIO()
+        raw.download_fileobj(bucket, key, sink, Config=config)
+        got["raw"] = sink.getvalue()
+
+    reads = {"store read": lambda: got.update(store=store.get("store.arrow")), "boto3 read": boto3_read}
     for round_ in range(repeat):
         for name in sorted(writes, reverse=bool(round_ % 2)):  # alternate the order
             times[name].append(timed(writes[name]))
-        got = {}
-
-        def boto3_read():
-            sink = io.BytesIO()
-            raw.download_fileobj(bucket, key, sink, Config=config)
-            got["raw"] = sink.getvalue()
-
-        reads = {"store read": lambda: got.update(store=store.get("store.arrow")), "boto3 read": boto3_read}
         for name in sorted(reads, reverse=bool(round_ % 2)):
             times[name].append(timed(reads[name]))
         assert got["store"] == data and got["raw"] == data
@@ -87,8 +92,10 @@ def main() -> int:
     print(f"checkpoint {result['mb']:.0f} MB, {args.repeat} transfers each, median; S3Store {result['settings']}")
     for name, rate in r.items():
         print(f"  {name:22s} {rate:8.0f} MB/s")
-    print(f"  write ratio S3Store/boto3 {r['store write'] / r['boto3 write']:.2f}  "
-          f"(streamed {r['store streamed write'] / r['boto3 write']:.2f})")
+    print(
+        f"  write ratio S3Store/boto3 {r['store write'] / r['boto3 write']:.2f}  "
+        f"(streamed {r['store streamed write'] / r['boto3 write']:.2f})"
+    )
     print(f"  read  ratio S3Store/boto3 {r['store read'] / r['boto3 read']:.2f}")
     return 0
 

@@ -1,1 +1,2 @@
-"""The command lines: `esgd` (main, cluster, experiments) and `esgd-worker` (worker), with the options they share (options)."""
+"""The command lines: `esgd` (modules main, cluster, experiments) and `esgd-worker` (worker), with
+the options they share (options)."""

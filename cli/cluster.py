@@ -56,7 +56,8 @@ def _compile(args) -> int:
             uri = f"{store}/{keys.run(run_id)}" if store else None
             workflow = phase_workflow(_phase(spec, settings, args.generation), settings, uri, run_id, args.attempt)
             if uri is None:
-                log(f"esgd: no --store: give the run URI when submitting: argo submit FILE -p run=<store>/{keys.run(run_id)}")
+                run_uri = f"<store>/{keys.run(run_id)}"
+                log(f"esgd: no --store: give the run URI when submitting: argo submit FILE -p run={run_uri}")
     except ValueError as error:
         raise SpecError(str(error)) from None
     problems = hera_problems(workflow.to_dict())
@@ -123,7 +124,8 @@ def _cluster_check(args) -> int:
 def add_parsers(sub) -> None:
     """Add `compile`, `controller` and `cluster-check` to the `esgd` subcommands."""
     comp = sub.add_parser(
-        "compile", parents=[SETTINGS, CLUSTER_STORE, RUN_ID, SET],
+        "compile",
+        parents=[SETTINGS, CLUSTER_STORE, RUN_ID, SET],
         help="write the Argo Workflow of a generation, of the final stages, or of the launcher",
         description="Write Argo Workflow YAML (Argo Workflows v4). Generation 0 starts with init; "
         "`--generation final` is fine-tuning and finish; --launcher is a one-pod Workflow running "
@@ -138,16 +140,22 @@ def add_parsers(sub) -> None:
     comp.set_defaults(handler=_compile)
 
     ctl = sub.add_parser(
-        "controller", parents=[SETTINGS, CLUSTER_STORE, RUN_ID, SET],
+        "controller",
+        parents=[SETTINGS, CLUSTER_STORE, RUN_ID, SET],
         help="run or resume a run on a Kubernetes cluster with Argo Workflows",
         description="Submit each remaining generation as an Argo Workflow, wait for it, advance; "
         "restartable at any moment (it continues from the committed state in the store). "
         "--store, --run-id and --set apply to a spec.",
     )
-    ctl.add_argument("target", metavar="SPEC|RUN_URI", help="a run spec (creates or resumes the run in --store) or a run URI")
+    ctl.add_argument(
+        "target", metavar="SPEC|RUN_URI", help="a run spec (creates or resumes the run in --store) or a run URI"
+    )
     ctl.add_argument("--namespace", help="namespace of the Workflows (default: settings, else this pod's)")
     ctl.set_defaults(handler=_controller)
 
-    chk = sub.add_parser("cluster-check", parents=[SETTINGS, CLUSTER_STORE],
-                         help="check settings, Kubernetes permissions and the store (the chart's helm test)")
+    chk = sub.add_parser(
+        "cluster-check",
+        parents=[SETTINGS, CLUSTER_STORE],
+        help="check settings, Kubernetes permissions and the store (the chart's helm test)",
+    )
     chk.set_defaults(handler=_cluster_check)

@@ -60,9 +60,18 @@ def _replay(args) -> int:
         Path(args.out).write_bytes(checkpoint.encode(*to_checkpoint(model)))
         log(f"wrote {args.out} (an ESGD checkpoint: usable as population.init.checkpoint or reference.checkpoint)")
     if args.json:
-        print(json_dump({"member": lin.member, "line": lin.line, "steps": steps,
-                         "fitness": steps[-1]["replay_fitness"] if steps else None,
-                         "metric_name": run.task.metric_name, "metric": value}))
+        print(
+            json_dump(
+                {
+                    "member": lin.member,
+                    "line": lin.line,
+                    "steps": steps,
+                    "fitness": steps[-1]["replay_fitness"] if steps else None,
+                    "metric_name": run.task.metric_name,
+                    "metric": value,
+                }
+            )
+        )
     else:
         print(replay_text(steps, lin, (run.task.metric_name, value)))
     return 0
@@ -74,18 +83,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     data = sub.add_parser("data", help="import a dataset into a store as Parquet shards")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    imp = data_sub.add_parser("import", parents=[STORE],
-                              help="convert a dataset to Parquet shards under <store>/data/<name>; prints its URI")
+    imp = data_sub.add_parser(
+        "import", parents=[STORE], help="convert a dataset to Parquet shards under <store>/data/<name>; prints its URI"
+    )
     imp.add_argument("kind", choices=sorted(KINDS), help="cifar10 (python batches), speech (frames), ptb (text)")
-    imp.add_argument("path", help="the source: cifar-10-python.tar.gz or its folder; a folder with train/valid frames; PTB text folder")
+    imp.add_argument(
+        "path",
+        help="the source: cifar-10-python.tar.gz or its folder; a folder with train/valid frames; PTB text folder",
+    )
     imp.add_argument("--name", help="dataset name under <store>/data/ (default: the kind)")
     imp.set_defaults(handler=_data_import)
 
-    cmp = sub.add_parser("compare", parents=[STORE, SET, DEVICE],
-                         help="run single, population, no-evolution and esgd with the same spec; print Table 1")
+    cmp = sub.add_parser(
+        "compare",
+        parents=[STORE, SET, DEVICE],
+        help="run single, population, no-evolution and esgd with the same spec; print Table 1",
+    )
     cmp.add_argument("spec", help="run spec (YAML); its mode is replaced by each of the four")
     cmp.add_argument("--run-id", help="base run id; the runs are <base>-<mode> (default: the spec's default run id)")
-    cmp.add_argument("--modes", help="comma-separated subset of single,population,no-evolution,esgd (default: all four)")
+    cmp.add_argument(
+        "--modes", help="comma-separated subset of single,population,no-evolution,esgd (default: all four)"
+    )
     cmp.add_argument("--out", help="folder for the plots (default esgd-compare-<base>)")
     cmp.add_argument("--json", action="store_true", help="print one JSON object per mode instead of the table")
     cmp.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -99,7 +117,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     lin.add_argument("--json", action="store_true", help="print the lineage as one JSON object")
     lin.set_defaults(handler=_lineage)
 
-    rep = sub.add_parser("replay", parents=[DEVICE], help="re-train one model by an individual's optimizer schedule, without evolution")
+    rep = sub.add_parser(
+        "replay", parents=[DEVICE], help="re-train one model by an individual's optimizer schedule, without evolution"
+    )
     rep.add_argument("run", help="run URI, as printed by `esgd run`")
     rep.add_argument("member", nargs="?", help="member id (default: the run's best individual)")
     rep.add_argument("--out", metavar="FILE", help="write the replayed model as an ESGD checkpoint (Arrow IPC)")

@@ -3,7 +3,6 @@ esgd.cli.experiments, the cluster commands in esgd.cli.cluster; each module adds
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from esgd.cli import cluster, experiments
@@ -46,7 +45,9 @@ def _report(args) -> int:
     for path in plots(summaries, out, run_id):
         print(path)
     last = summaries[-1]
-    log(f"generations {len(summaries)}  best {last['best']:.4f}  top15 [{last['top15'][0]:.4f}, {last['top15'][1]:.4f}]")
+    log(
+        f"generations {len(summaries)}  best {last['best']:.4f}  top15 [{last['top15'][0]:.4f}, {last['top15'][1]:.4f}]"
+    )
     if final:
         metric = "" if final.metric is None else f"  {final.metric_name} {final.metric:.4f}"
         log(f"best individual {final.best_member}  fitness {final.best_fitness:.4f}{metric}")

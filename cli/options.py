@@ -16,12 +16,21 @@ def _parent(*args, **kwargs) -> argparse.ArgumentParser:
     return parent
 
 
-STORE = _parent("--store", help="store URI: a local directory (default ./esgd-runs or $ESGD_STORE) or s3://bucket/prefix")
+STORE = _parent(
+    "--store", help="store URI: a local directory (default ./esgd-runs or $ESGD_STORE) or s3://bucket/prefix"
+)
 CLUSTER_STORE = _parent("--store", help="store URI every pod reaches, e.g. s3://bucket/prefix (default $ESGD_STORE)")
 RUN_ID = _parent("--run-id", help="run id; an existing id resumes (default: the spec's name plus a hash of the spec)")
-SET = _parent("--set", action="append", metavar="KEY=VALUE", help="override a spec field, e.g. --set population.mu=16 (repeatable)")
+SET = _parent(
+    "--set",
+    action="append",
+    metavar="KEY=VALUE",
+    help="override a spec field, e.g. --set population.mu=16 (repeatable)",
+)
 DEVICE = _parent("--device", help="torch device: auto (a GPU if any), cpu, cuda or cuda:N (default: the spec's device)")
-SETTINGS = _parent("--settings", help="cluster settings (YAML, docs/kubernetes.md; in the chart: the <release>-settings ConfigMap)")
+SETTINGS = _parent(
+    "--settings", help="cluster settings (YAML, docs/kubernetes.md; in the chart: the <release>-settings ConfigMap)"
+)
 
 
 def run_main(prog: str, handler: Callable[[], int]) -> int:

@@ -17,8 +17,9 @@ from esgd.worker.run import Run
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="esgd-worker", description="Run one step of an ESGD run against its store.",
-                                parents=[DEVICE])
+    p = argparse.ArgumentParser(
+        prog="esgd-worker", description="Run one step of an ESGD run against its store.", parents=[DEVICE]
+    )
     p.add_argument("command", choices=COMMANDS)
     p.add_argument("--run", required=True, help="run URI: <store>/runs/<run-id>")
     p.add_argument("--gen", type=int, help="generation (train, evolve, evaluate, select)")

@@ -27,6 +27,7 @@ GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "workflows"
 FINISHED = ("Succeeded", "Failed", "Error")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
+
 class ClusterRunError(RunStopped):
     """The cluster cannot be used (no API, a refused call); the message says why."""
 
@@ -57,7 +58,9 @@ class KubernetesWorkflows:
                 try:
                     config.load_kube_config()
                 except (config.ConfigException, OSError) as error:
-                    raise ClusterRunError(f"no Kubernetes API: not in a cluster and no usable kubeconfig ({error})") from None
+                    raise ClusterRunError(
+                        f"no Kubernetes API: not in a cluster and no usable kubeconfig ({error})"
+                    ) from None
             api = client.CustomObjectsApi()
         self.api, self.retries, self.sleep = api, retries, sleep
 
@@ -74,7 +77,9 @@ class KubernetesWorkflows:
                     raise
             except HTTPError as error:
                 if attempt == self.retries:
-                    raise ClusterRunError(f"the Kubernetes API cannot be reached ({type(error).__name__}: {error})") from None
+                    raise ClusterRunError(
+                        f"the Kubernetes API cannot be reached ({type(error).__name__}: {error})"
+                    ) from None
             self.sleep(min(2**attempt, 30))
 
     def create(self, namespace: str, body: dict) -> dict:
@@ -85,7 +90,9 @@ class KubernetesWorkflows:
         except ApiException as error:
             if error.status == 409:
                 raise AlreadyExists(body["metadata"]["name"]) from None
-            raise ClusterRunError(f"cannot create Workflow {body['metadata']['name']}: {error.status} {error.reason}") from None
+            raise ClusterRunError(
+                f"cannot create Workflow {body['metadata']['name']}: {error.status} {error.reason}"
+            ) from None
 
     def get(self, namespace: str, name: str) -> dict | None:
         from kubernetes.client.exceptions import ApiException
@@ -109,7 +116,7 @@ def current_namespace(settings: ClusterSettings) -> str:
 
         _, context = config.list_kube_config_contexts()
         return context["context"].get("namespace") or "default"
-    except Exception:  # no kubeconfig: the API client will say so
+    except Exception:  # noqa: BLE001 - no usable kubeconfig: the API client will say so when it is made
         return "default"
 
 
@@ -131,7 +138,8 @@ def cluster_check(workflows: Workflows, namespace: str, store=None, log: Callabl
     log(f"ok: Workflows in namespace {namespace} can be read")
     if store is not None:
         store.check_writable()
-        log(f"ok: store {store.uri} is reachable with these credentials (write permission is checked by the first write)")
+        reachable = f"ok: store {store.uri} is reachable with these credentials"
+        log(f"{reachable} (write permission is checked by the first write)")
 
 
 class ArgoEngine:
@@ -139,8 +147,14 @@ class ArgoEngine:
 
     name = "Argo"
 
-    def __init__(self, workflows: Workflows, settings: ClusterSettings, namespace: str,
-                 sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        workflows: Workflows,
+        settings: ClusterSettings,
+        namespace: str,
+        sleep: Callable[[float], None] = time.sleep,
+        log: Callable[[str], None] = print,
+    ):
         self.workflows, self.namespace = workflows, namespace
         self.settings = settings.model_copy(update={"namespace": namespace})
         self.sleep, self.log = sleep, log

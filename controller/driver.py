@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from esgd.core import keys
 from esgd.core.metrics import progress_line, summarize
 from esgd.core.plan import Phase, phases
 from esgd.core.records import HistoryRow
-from esgd.core import keys
 from esgd.core.spec import RunSpec
 from esgd.core.tables import read_table
 from esgd.store.run import RunRef
@@ -101,8 +101,10 @@ class Driver:
             if self.committed(phase):
                 return  # also when the engine says it failed: e.g. a successful Workflow deleted by its TTL
             if failure is None:
-                raise RunStopped(f"{self.engine.name} ran {phase.name} but it is not committed in {self.run.uri}: "
-                                 "do the steps and the driver use the same store?")
+                raise RunStopped(
+                    f"{self.engine.name} ran {phase.name} but it is not committed in {self.run.uri}: "
+                    "do the steps and the driver use the same store?"
+                )
             last = failure
             left = self.engine.attempts - attempt - 1
             self.log(failure + (f"; on to the next attempt ({left} left)" if left else ""))

@@ -71,7 +71,14 @@ class LocalGPUs(InProcess):
             return super().run_stage(run, stage)
         procs = []
         for i, step in enumerate(stage):
-            cmd = [sys.executable, "-m", "esgd.cli.worker", *step.argv(run.uri), "--device", self.devices[i % len(self.devices)]]
+            cmd = [
+                sys.executable,
+                "-m",
+                "esgd.cli.worker",
+                *step.argv(run.uri),
+                "--device",
+                self.devices[i % len(self.devices)],
+            ]
             procs.append((step, subprocess.Popen(cmd)))
         failed = [step for step, proc in procs if proc.wait() != 0]
         if failed:

@@ -22,7 +22,10 @@ def _differences(a: RunSpec, b: RunSpec) -> list[str]:
 
 
 def create_or_resume(
-    store: Store, spec: RunSpec, run_id: str | None, preflight: Callable[[RunSpec], None] | None = None,
+    store: Store,
+    spec: RunSpec,
+    run_id: str | None,
+    preflight: Callable[[RunSpec], None] | None = None,
 ) -> tuple[RunRef, bool]:
     """(the run, resumed?). `preflight` checks what can be checked of the spec before anything is
     written (esgd.worker.preflight: the task loads and runs). Raises InputError/StoreError before
@@ -35,8 +38,10 @@ def create_or_resume(
     if store.exists(key):
         frozen = frozen_spec(store, run_id)
         if frozen != spec:
-            raise SpecError(f"run {run_id} exists with a different spec ({', '.join(_differences(frozen, spec))}); "
-                            "use another --run-id")
+            raise SpecError(
+                f"run {run_id} exists with a different spec ({', '.join(_differences(frozen, spec))}); "
+                "use another --run-id"
+            )
         return RunRef(store, run_id, frozen), True
     text = f"# frozen by esgd {version('esgd')}\n{dump_spec(spec)}"
     if not store.put_if_absent(key, text.encode()):

@@ -21,17 +21,19 @@ def summarize(rows: list[dict], m: int) -> list[dict]:
         elites = [r for r in survivors if r["elite"]]
         trained = [r for r in group if r["role"] in ("parent", "finetune")]
         best_trained = min(trained, key=lambda r: r["fitness"]) if trained else None
-        out.append({
-            "generation": generation,
-            "phase": "finetune" if any(r["role"] == "finetune" for r in group) else "evolution",
-            "best": fits[0],
-            "elite_mean": fmean(fits[:m]),
-            "mean": fmean(fits),
-            "top15": [fits[0], fits[min(14, len(fits) - 1)]],
-            "offspring_in_elite": sum(r["role"] == "offspring" for r in elites) / len(elites) if elites else 0.0,
-            "best_optimizer": best_trained["optimizer"] if best_trained else None,
-            "backoffs": sum(r["backoffs"] or 0 for r in trained),
-        })
+        out.append(
+            {
+                "generation": generation,
+                "phase": "finetune" if any(r["role"] == "finetune" for r in group) else "evolution",
+                "best": fits[0],
+                "elite_mean": fmean(fits[:m]),
+                "mean": fmean(fits),
+                "top15": [fits[0], fits[min(14, len(fits) - 1)]],
+                "offspring_in_elite": sum(r["role"] == "offspring" for r in elites) / len(elites) if elites else 0.0,
+                "best_optimizer": best_trained["optimizer"] if best_trained else None,
+                "backoffs": sum(r["backoffs"] or 0 for r in trained),
+            }
+        )
     return out
 
 

@@ -44,7 +44,12 @@ class Step:
         """`esgd-worker` arguments: the command, the run URI, the options (with `values` in place
         of the option values, when given: Argo parameter references)."""
         options = self.options() if values is None else values
-        return [self.command, "--run", run_uri, *(part for name, value in options.items() for part in (f"--{name}", value))]
+        return [
+            self.command,
+            "--run",
+            run_uri,
+            *(part for name, value in options.items() for part in (f"--{name}", value)),
+        ]
 
     @property
     def on_device(self) -> bool:
@@ -115,7 +120,9 @@ def generation(spec: RunSpec, number: int, pack: int, shard: int) -> Phase:
     for rnd in range(rounds(spec)):
         if spec.evolves:
             stages.append((Step("evolve", number, rnd),))
-            stages.append(tuple(Step("evaluate", number, rnd, offspring=r) for r in shards(spec.population.offspring, shard)))
+            stages.append(
+                tuple(Step("evaluate", number, rnd, offspring=r) for r in shards(spec.population.offspring, shard))
+            )
         stages.append((Step("select", number, rnd),))
     return Phase(number, tuple(stages))
 

@@ -16,13 +16,17 @@ def _word(value: int | str) -> int:
     return int(value) & 0xFFFFFFFF
 
 
-def seed_sequence(seed: int, generation: int, individual: int | str, purpose: str, *extra: int | str) -> np.random.SeedSequence:
+def seed_sequence(
+    seed: int, generation: int, individual: int | str, purpose: str, *extra: int | str
+) -> np.random.SeedSequence:
     words = [_word(seed), _word(seed >> 32), _word(generation), _word(individual), _word(purpose)]
     words += [_word(e) for e in extra]
     return np.random.SeedSequence(words)
 
 
-def generator(seed: int, generation: int, individual: int | str, purpose: str, *extra: int | str) -> np.random.Generator:
+def generator(
+    seed: int, generation: int, individual: int | str, purpose: str, *extra: int | str
+) -> np.random.Generator:
     """A numpy generator for one (seed, generation, individual, purpose) draw."""
     return np.random.Generator(np.random.PCG64(seed_sequence(seed, generation, individual, purpose, *extra)))
 

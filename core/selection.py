@@ -56,6 +56,7 @@ def elitist_select(rng: np.random.Generator, losses: np.ndarray, mu: int, m: int
 # Registries: the spec names an operator (evolution.parents, evolution.survivors); adding one is a
 # function of the same signature registered here or from your own module (docs/architecture.md).
 
+
 def roulette(rng: np.random.Generator, losses: np.ndarray, rho: int, evolution) -> list[int]:
     """ρ distinct parents by the roulette wheel of roulette_weights (evolution.roulette_floor)."""
     return pick_parents(rng, roulette_weights(losses, evolution.roulette_floor), rho)

@@ -98,7 +98,9 @@ class OptimizerRange(_Model):
 class FixedOptimizer(_Model):
     """One optimizer with fixed hyper-parameters (the `single` mode and fine-tuning)."""
 
-    optimizer: Family = Field(default="nesterov", json_schema_extra=lambda schema: schema.update(enum=sorted(optimizers.FAMILIES)))
+    optimizer: Family = Field(
+        default="nesterov", json_schema_extra=lambda schema: schema.update(enum=sorted(optimizers.FAMILIES))
+    )
     """Optimizer family (sgd, nesterov, adam, adamw, rmsprop, or one registered by a plug-in)."""
     lr: float = Field(default=0.05, gt=0)
     """Learning rate."""
@@ -164,7 +166,8 @@ class SGDSpec(_Model):
     epochs: int = Field(default=1, ge=1)
     """Ks: epochs per generation; fitness is checked after each (back-off)."""
     optimizers: dict[Family, OptimizerRange] = Field(
-        default_factory=_default_optimizers, min_length=1,
+        default_factory=_default_optimizers,
+        min_length=1,
         json_schema_extra=lambda schema: schema.update(propertyNames={"enum": sorted(optimizers.FAMILIES)}),
     )
     """Optimizer pool: each individual draws one family uniformly, then its hyper-parameters."""
@@ -192,9 +195,13 @@ class EvolutionSpec(_Model):
     """σ_k: std of the Gaussian mutation added to the mean of the ρ parents."""
     roulette_floor: float = Field(default=0.05, ge=0)
     """Weight of the worst individual on the roulette wheel, as a share of the pool's loss spread."""
-    parents: str = Field(default="roulette", json_schema_extra=lambda schema: schema.update(enum=sorted(selection.PARENTS)))
+    parents: str = Field(
+        default="roulette", json_schema_extra=lambda schema: schema.update(enum=sorted(selection.PARENTS))
+    )
     """How each offspring's ρ parents are picked (esgd.core.selection.PARENTS): roulette (the paper's)."""
-    survivors: str = Field(default="elitist", json_schema_extra=lambda schema: schema.update(enum=sorted(selection.SURVIVORS)))
+    survivors: str = Field(
+        default="elitist", json_schema_extra=lambda schema: schema.update(enum=sorted(selection.SURVIVORS))
+    )
     """How µ survivors are chosen from the pool (esgd.core.selection.SURVIVORS): elitist (the paper's
     m-elitist selection; Theorem 1 needs it)."""
 

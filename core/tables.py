@@ -9,12 +9,12 @@ import json
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import fields, is_dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from esgd.core.records import SchemaError, validate
+from esgd.core.records import SchemaError, to_dict, validate
 
 SCHEMA_KEY = b"esgd.schema"
 PARTS_KEY = b"esgd.parts"  # merged files (history.parquet): the part keys they hold, in order
@@ -66,7 +66,7 @@ def _flat(cls, row: dict) -> dict:
 
 
 def to_parquet(rows: list, cls) -> bytes:
-    table = pa.Table.from_pylist([_flat(cls, asdict(row)) for row in rows], schema=schema(cls))
+    table = pa.Table.from_pylist([_flat(cls, to_dict(row)) for row in rows], schema=schema(cls))
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()

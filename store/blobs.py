@@ -145,7 +145,9 @@ class VerifiedReader:
         if self._pos > self._size:
             raise IntegrityError(f"checksum mismatch for {self.key}: the object is longer than its recorded size")
         if len(data) < want and self._pos < self._size:
-            raise IntegrityError(f"checksum mismatch for {self.key}: the object is truncated ({self._pos} of {self._size} B)")
+            raise IntegrityError(
+                f"checksum mismatch for {self.key}: the object is truncated ({self._pos} of {self._size} B)"
+            )
         return data
 
     def finish(self) -> None:

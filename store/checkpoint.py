@@ -10,8 +10,8 @@ The checksum lives in the record that references the checkpoint (esgd.store.blob
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -58,8 +58,10 @@ class Layout:
 
 
 def _schema(layout: Layout) -> pa.Schema:
-    return pa.schema([("values", pa.from_numpy_dtype(np.dtype(layout.vector_dtype)))],
-                     metadata={b"esgd.format": FORMAT, b"esgd.layout": layout.to_json()})
+    return pa.schema(
+        [("values", pa.from_numpy_dtype(np.dtype(layout.vector_dtype)))],
+        metadata={b"esgd.format": FORMAT, b"esgd.layout": layout.to_json()},
+    )
 
 
 class _Pieces:

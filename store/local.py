@@ -92,7 +92,9 @@ class LocalStore(Store):
         if not base.is_dir():
             return []
         return sorted(
-            p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".tmp-")
         )
 
     def check_writable(self) -> None:

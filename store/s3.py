@@ -21,9 +21,10 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields
-from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
+from typing import BinaryIO, TypeVar
 from urllib.parse import urlparse
 
 import boto3
@@ -93,15 +94,46 @@ class S3Settings:
 
 
 # Error codes, as S3 servers send them (HEAD responses carry only the status, hence "403"/"404").
-_AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired",
-         "AuthorizationHeaderMalformed", "InvalidSecurity", "InvalidClientTokenId", "403", "AccessDenied",
-         "AllAccessDisabled", "AccountProblem", "Forbidden"}
+_AUTH = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed",
+    "InvalidSecurity",
+    "InvalidClientTokenId",
+    "403",
+    "AccessDenied",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "Forbidden",
+}
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
-_TRANSIENT = {"ConditionalRequestConflict", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError",
-              "ServiceUnavailable", "Throttling", "ThrottlingException", "OperationAborted", "503", "500"}
-_CONNECTION = (bex.ConnectionError, bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError,
-               bex.ConnectionClosedError, bex.ProxyConnectionError, bex.ResponseStreamingError, bex.IncompleteReadError,
-               bex.HTTPClientError)
+_TRANSIENT = {
+    "ConditionalRequestConflict",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "Throttling",
+    "ThrottlingException",
+    "OperationAborted",
+    "503",
+    "500",
+}
+_CONNECTION = (
+    bex.ConnectionError,
+    bex.EndpointConnectionError,
+    bex.ConnectTimeoutError,
+    bex.ReadTimeoutError,
+    bex.ConnectionClosedError,
+    bex.ProxyConnectionError,
+    bex.ResponseStreamingError,
+    bex.IncompleteReadError,
+    bex.HTTPClientError,
+)
 
 
 def _code(error: bex.ClientError) -> str:
@@ -147,8 +179,10 @@ class S3Store(Store):
         if parsed.scheme != "s3":
             raise StoreError(f"not an S3 URI: {uri!r}")
         if "@" in parsed.netloc:  # never echo it: it may hold a secret
-            raise StoreError("credentials in an s3:// URI are not supported: use AWS_ACCESS_KEY_ID and "
-                             "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the shared credentials file")
+            raise StoreError(
+                "credentials in an s3:// URI are not supported: use AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the shared credentials file"
+            )
         return cls(parsed.netloc, parsed.path)
 
     def __repr__(self) -> str:
@@ -161,9 +195,12 @@ class S3Store(Store):
         style = style or self.settings.addressing_style
         config = Config(
             region_name=self._session.region_name or "us-east-1",
-            connect_timeout=self.settings.connect_timeout, read_timeout=read_timeout, retries=retries,
+            connect_timeout=self.settings.connect_timeout,
+            read_timeout=read_timeout,
+            retries=retries,
             # objects at once, each with up to `concurrency` parts in flight plus the parents it reads
-            max_pool_connections=2 * self.settings.objects * max(10, self.settings.concurrency), user_agent_extra="esgd",
+            max_pool_connections=2 * self.settings.objects * max(10, self.settings.concurrency),
+            user_agent_extra="esgd",
             s3={"addressing_style": style} if style else None,
         )
         client = self._session.client("s3", config=config)
@@ -181,7 +218,7 @@ class S3Store(Store):
         try:
             creds = self._session.get_credentials()
             frozen = creds.get_frozen_credentials() if creds else None
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - no credentials to scrub is not an error of its own
             frozen = None
         for secret in (frozen.access_key, frozen.secret_key, frozen.token) if frozen else ():
             if secret:
@@ -193,8 +230,10 @@ class S3Store(Store):
         where = f"{self.uri}/{key}" if key else self.uri
         tried = f" (gave up after {attempts} attempts)" if attempts > 1 else ""
         if isinstance(error, (bex.NoCredentialsError, bex.PartialCredentialsError)):
-            return StoreError(f"no S3 credentials for {self.uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                              "or AWS_PROFILE with a shared credentials file")
+            return StoreError(
+                f"no S3 credentials for {self.uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "or AWS_PROFILE with a shared credentials file"
+            )
         if isinstance(error, _CONNECTION):
             reason = {
                 bex.ConnectTimeoutError: f"connect timed out after {self.settings.connect_timeout:g} s",
@@ -207,11 +246,14 @@ class S3Store(Store):
             message = _one_line(error.response.get("Error", {}).get("Message", "")) or f"HTTP {status}"
             if code == "NoSuchBucket":
                 return StoreError(
-                    f"S3 bucket {self.bucket!r} does not exist at {self.endpoint}: create it first (store {self.uri})")
+                    f"S3 bucket {self.bucket!r} does not exist at {self.endpoint}: create it first (store {self.uri})"
+                )
             if code in _MISSING_KEY and key is not None:
                 return NotFound(f"{where} not found")
             if code in _AUTH or status == 403:
-                what = "access denied" if code in ("AccessDenied", "AllAccessDisabled") else "the credentials were refused"
+                what = (
+                    "access denied" if code in ("AccessDenied", "AllAccessDisabled") else "the credentials were refused"
+                )
                 return StoreError(
                     f"S3 {action} {where}: {what} ({code or status}) at {self.endpoint}: check AWS_ACCESS_KEY_ID / "
                     "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and their permissions on the bucket"
@@ -306,8 +348,17 @@ class S3Store(Store):
                     return self._call("get", key, lambda: fill(body, 0, stop), attempts=1)
                 except StoreError:
                     pass
-            self._call("get", key, lambda: fill(self.client.get_object(
-                Bucket=self.bucket, Key=name, Range=f"bytes={start}-{stop - 1}", **pin)["Body"], start, stop))
+            self._call(
+                "get",
+                key,
+                lambda: fill(
+                    self.client.get_object(Bucket=self.bucket, Key=name, Range=f"bytes={start}-{stop - 1}", **pin)[
+                        "Body"
+                    ],
+                    start,
+                    stop,
+                ),
+            )
 
         with ThreadPoolExecutor(self.settings.concurrency) as pool:
             list(pool.map(fetch, range(0, size, part)))
@@ -339,7 +390,9 @@ class S3Store(Store):
         key under the prefix); writes nothing. Bounded: two tries with short timeouts."""
         probe = self._client(min(self.settings.read_timeout, 5.0), 2)
         prefix = f"{self.prefix}/" if self.prefix else ""
-        self._call("list", None, lambda: probe.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1), attempts=1)
+        self._call(
+            "list", None, lambda: probe.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1), attempts=1
+        )
 
     # Streaming ------------------------------------------------------------------------------------
 
@@ -385,8 +438,13 @@ class S3Store(Store):
         etags: dict[int, str] = {}
 
         def send(number: int, body: bytes) -> None:
-            etags[number] = self._call("put", key, lambda: self.client.upload_part(
-                Bucket=self.bucket, Key=name, UploadId=upload, PartNumber=number, Body=body))["ETag"]
+            etags[number] = self._call(
+                "put",
+                key,
+                lambda: self.client.upload_part(
+                    Bucket=self.bucket, Key=name, UploadId=upload, PartNumber=number, Body=body
+                ),
+            )["ETag"]
 
         def bodies() -> Iterator[bytes]:
             while head:
@@ -410,8 +468,13 @@ class S3Store(Store):
                 for future in flying:
                     future.result()
             listing = {"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]}
-            self._call("put", key, lambda: self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=name, UploadId=upload, MultipartUpload=listing))
+            self._call(
+                "put",
+                key,
+                lambda: self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=name, UploadId=upload, MultipartUpload=listing
+                ),
+            )
         except BaseException:
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload)
@@ -436,8 +499,9 @@ class _ObjectReader(io.RawIOBase):
 
     def _open(self) -> None:
         extra = {"Range": f"bytes={self._pos}-", "IfMatch": self._etag} if self._pos else {}
-        response = self._store._call("get", self._key, lambda: self._store.client.get_object(
-            Bucket=self._store.bucket, Key=self._name, **extra))
+        response = self._store._call(
+            "get", self._key, lambda: self._store.client.get_object(Bucket=self._store.bucket, Key=self._name, **extra)
+        )
         self._etag = self._etag or response.get("ETag")
         self._body = response["Body"]
 

@@ -12,7 +12,6 @@ import secrets
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
-
 from seaweed import Seaweed, weed_binary
 
 TEST_BUCKET = "esgd-tests"
@@ -44,7 +43,8 @@ def use_server(monkeypatch, server: Seaweed) -> None:
 
 def fresh_prefix(name: str) -> str:
     """A prefix no other test uses (also across sessions that share a server)."""
-    return f"{name[:40].lower().replace('_', '-').replace('[', '-').replace(']', '')}-{next(_prefixes)}-{secrets.token_hex(3)}"
+    clean = name[:40].lower().replace("_", "-").replace("[", "-").replace("]", "")
+    return f"{clean}-{next(_prefixes)}-{secrets.token_hex(3)}"
 
 
 @pytest.fixture

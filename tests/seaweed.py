@@ -38,8 +38,18 @@ def free_port() -> int:
 class Seaweed:
     """One `weed mini` process: master, volume, filer and S3 gateway in one, all on 127.0.0.1."""
 
-    PORTS = ("master", "master.port.grpc", "volume", "volume.port.grpc", "filer", "filer.port.grpc",
-             "s3", "s3.port.grpc", "admin", "admin.port.grpc")
+    PORTS = (
+        "master",
+        "master.port.grpc",
+        "volume",
+        "volume.port.grpc",
+        "filer",
+        "filer.port.grpc",
+        "s3",
+        "s3.port.grpc",
+        "admin",
+        "admin.port.grpc",
+    )
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -49,11 +59,19 @@ class Seaweed:
         self.secret_key = "esgd-secret-" + secrets.token_hex(12)
         self.ports = {name: free_port() for name in self.PORTS}
         self.config = self.root / "s3.json"
-        self.config.write_text(json.dumps({"identities": [{
-            "name": "esgd",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
+        self.config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "esgd",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         self.log = self.root / "weed.log"
         self.process: subprocess.Popen | None = None
 
@@ -78,25 +96,46 @@ class Seaweed:
     def command(self) -> list[str]:
         p = self.ports
         return [
-            weed_binary() or "weed", "mini", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={p['master']}", f"-master.port.grpc={p['master.port.grpc']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.port.grpc']}",
-            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.port.grpc']}",
-            f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.port.grpc']}", f"-s3.config={self.config}",
-            f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin.port.grpc']}", "-admin.ui=false",
-            f"-s3.localSocket={self.root / 's3.sock'}", f"-filer.localSocket={self.root / 'filer.sock'}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-master.telemetry=false",
+            weed_binary() or "weed",
+            "mini",
+            f"-dir={self.data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master.port.grpc']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume.port.grpc']}",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filer.port.grpc']}",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={p['s3.port.grpc']}",
+            f"-s3.config={self.config}",
+            f"-admin.port={p['admin']}",
+            f"-admin.port.grpc={p['admin.port.grpc']}",
+            "-admin.ui=false",
+            f"-s3.localSocket={self.root / 's3.sock'}",
+            f"-filer.localSocket={self.root / 'filer.sock'}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-master.telemetry=false",
         ]
 
     def client(self, **overrides):
         """A boto3 client of this server, with the test identity unless overridden."""
         env = self.env
         return boto3.client(
-            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
             aws_access_key_id=overrides.pop("access_key", env["AWS_ACCESS_KEY_ID"]),
             aws_secret_access_key=overrides.pop("secret_key", env["AWS_SECRET_ACCESS_KEY"]),
-            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 2},
-                          connect_timeout=2, read_timeout=30),
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"mode": "standard", "max_attempts": 2},
+                connect_timeout=2,
+                read_timeout=30,
+            ),
         )
 
     def start(self, timeout: float = 60) -> "Seaweed":
@@ -105,8 +144,9 @@ class Seaweed:
         for sock in ("s3.sock", "filer.sock"):  # stale after a crash
             (self.root / sock).unlink(missing_ok=True)
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True
+            )
         client, deadline, error = self.client(), time.monotonic() + timeout, None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

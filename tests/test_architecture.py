@@ -31,8 +31,13 @@ MAY_NOT_USE = {
 }
 # Modules that must not import worker code, not even lazily: the driver and the engines that do
 # not run steps themselves, run creation, and the cluster command line (but for its preflight).
-NO_WORKER = {"esgd.controller.driver", "esgd.controller.argo", "esgd.controller.runs", "esgd.analysis.report",
-             "esgd.analysis.lineage"}
+NO_WORKER = {
+    "esgd.controller.driver",
+    "esgd.controller.argo",
+    "esgd.controller.runs",
+    "esgd.analysis.report",
+    "esgd.analysis.lineage",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -52,7 +57,11 @@ def imports(path: Path) -> set[str]:
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names if node.module == "esgd" or node.module.startswith("esgd.")}
+            found |= {
+                f"{node.module}.{alias.name}"
+                for alias in node.names
+                if node.module == "esgd" or node.module.startswith("esgd.")
+            }
     return found
 
 
@@ -76,7 +85,9 @@ def test_imports_follow_the_layers(module):
     if module in NO_WORKER:
         assert not any(n.startswith("esgd.worker") for n in imports(modules()[module])), f"{module} imports worker code"
     if own == "controller" and module != "esgd.controller.local":
-        assert not any(n.startswith("esgd.worker") for n in imports(modules()[module]) - {"esgd.worker.preflight"}), module
+        assert not any(n.startswith("esgd.worker") for n in imports(modules()[module]) - {"esgd.worker.preflight"}), (
+            module
+        )
 
 
 def test_the_cluster_command_line_imports_worker_code_only_for_its_preflight():
@@ -97,8 +108,17 @@ def test_core_imports_no_heavy_framework():
 
 
 def test_the_driver_the_argo_engine_and_the_command_lines_import_no_torch():
-    assert "torch" not in _imported(["esgd.controller.driver", "esgd.controller.argo", "esgd.controller.runs",
-                                     "esgd.cli.main", "esgd.cli.cluster", "esgd.analysis.report", "esgd.analysis.lineage"])
+    assert "torch" not in _imported(
+        [
+            "esgd.controller.driver",
+            "esgd.controller.argo",
+            "esgd.controller.runs",
+            "esgd.cli.main",
+            "esgd.cli.cluster",
+            "esgd.analysis.report",
+            "esgd.analysis.lineage",
+        ]
+    )
 
 
 def test_workers_import_no_cluster_framework():
@@ -106,6 +126,8 @@ def test_workers_import_no_cluster_framework():
     assert not _imported(worker) & {"hera", "kubernetes"}
 
 
-@pytest.mark.parametrize("module", ["esgd.worker.evolve", "esgd.store.checkpoint", "esgd.store.local", "esgd.worker.data.imports"])
+@pytest.mark.parametrize(
+    "module", ["esgd.worker.evolve", "esgd.store.checkpoint", "esgd.store.local", "esgd.worker.data.imports"]
+)
 def test_vector_storage_and_import_code_needs_no_torch(module):
     assert "torch" not in _imported([module])

@@ -3,12 +3,11 @@
 import datetime
 
 import pytest
+import yaml
+from helpers import tiny, write_spec
 
 from esgd.cli.main import main
 from esgd.store.uri import open_store
-
-from helpers import tiny, write_spec
-import yaml
 
 CASES = {
     "elite-above-mu": ({"population": {"mu": 4, "elite": 5}}, "population.elite"),
@@ -22,9 +21,15 @@ CASES = {
     "module-does-not-exist": ({"task": "no_such_package.tasks:task"}, "no_such_package"),
     "function-does-not-exist": ({"task": "esgd.worker.tasks.digits:nope"}, "nope"),
     "not-an-import-path": ({"task": "esgd.worker.tasks.digits"}, "task"),
-    "missing-data-file": ({"task": "esgd.worker.tasks.tabular:task", "task_args": {"path": "/nonexistent/data.parquet"}}, "/nonexistent/data.parquet"),
+    "missing-data-file": (
+        {"task": "esgd.worker.tasks.tabular:task", "task_args": {"path": "/nonexistent/data.parquet"}},
+        "/nonexistent/data.parquet",
+    ),
     "bad-task-args": ({"task_args": {"hiddn": 3}}, "hiddn"),
-    "missing-init-checkpoint": ({"population": {"init": {"checkpoint": "/nonexistent/x.arrow"}}}, "population.init.checkpoint"),
+    "missing-init-checkpoint": (
+        {"population": {"init": {"checkpoint": "/nonexistent/x.arrow"}}},
+        "population.init.checkpoint",
+    ),
     "unknown-device": ({"device": "tpu"}, "device"),
     "absent-gpu": ({"device": "cuda:3"}, "device: cuda:3"),
     "task-arg-of-the-wrong-type": ({"task_args": {"hidden": "abc"}}, "task"),
@@ -111,21 +116,39 @@ def test_checkpoints_that_do_not_fit_the_model(field, content, store_uri, tmp_pa
     from esgd.worker.weights import to_checkpoint
 
     path = tmp_path / "model.arrow"
-    path.write_bytes(b"junk" * 100 if content == "not-a-checkpoint" else checkpoint.encode(*to_checkpoint(mlp(3, 3, 1, 2))))
-    extra = {"population": {"init": {"checkpoint": str(path)}}} if field.startswith("population") else {"reference": {"checkpoint": str(path)}}
+    path.write_bytes(
+        b"junk" * 100 if content == "not-a-checkpoint" else checkpoint.encode(*to_checkpoint(mlp(3, 3, 1, 2)))
+    )
+    extra = (
+        {"population": {"init": {"checkpoint": str(path)}}}
+        if field.startswith("population")
+        else {"reference": {"checkpoint": str(path)}}
+    )
     spec_file = write_spec(tmp_path / "spec.yaml", tiny(**extra))
     _assert_one_line_and_nothing_written(*_run(capsys, "run", spec_file, "--store", store_uri), field, store_uri)
 
 
 def test_bad_device_flag(store_uri, tmp_path, capsys):
     spec_file = write_spec(tmp_path / "spec.yaml", tiny())
-    _assert_one_line_and_nothing_written(*_run(capsys, "run", spec_file, "--store", store_uri, "--device", "foo"), "device", store_uri)
+    _assert_one_line_and_nothing_written(
+        *_run(capsys, "run", spec_file, "--store", store_uri, "--device", "foo"), "device", store_uri
+    )
 
 
 def test_an_output_path_that_cannot_be_written(tmp_path, capsys):
     spec_file = write_spec(tmp_path / "spec.yaml", tiny())
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    code, out, err = _run(capsys, "compile", spec_file, "--generation", "0", "--store", str(tmp_path / "st"), "-o", str(blocker / "wf.yaml"))
+    code, out, err = _run(
+        capsys,
+        "compile",
+        spec_file,
+        "--generation",
+        "0",
+        "--store",
+        str(tmp_path / "st"),
+        "-o",
+        str(blocker / "wf.yaml"),
+    )
     errors = [line for line in err.splitlines() if line.startswith("esgd: error:")]
     assert code == 2 and len(errors) == 1 and str(blocker / "wf.yaml") in errors[0] and out == ""

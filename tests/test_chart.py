@@ -7,15 +7,14 @@ import os
 import re
 from pathlib import Path
 
+import helm_python as helm
+import kubernetes_validate
 import pytest
 import yaml
 
-helm = pytest.importorskip("helm_python")
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
-
-from esgd.cli.main import parser as esgd_parser  # noqa: E402
-from esgd.core.spec import load_spec  # noqa: E402
-from esgd.workflows.settings import ClusterSettings, json_schema, parse_settings  # noqa: E402
+from esgd.cli.main import parser as esgd_parser
+from esgd.core.spec import load_spec
+from esgd.workflows.settings import ClusterSettings, json_schema, parse_settings
 
 CHART = Path(__file__).resolve().parents[1] / "charts" / "esgd"
 SCENARIOS = sorted(CHART.glob("ci/*-values.yaml"))
@@ -55,7 +54,12 @@ def pod_specs(obj: dict) -> list[dict]:
 
 
 def test_there_are_scenarios():
-    assert {p.name for p in SCENARIOS} >= {"default-values.yaml", "gpu-cluster-values.yaml", "smoke-values.yaml", "run-values.yaml"}
+    assert {p.name for p in SCENARIOS} >= {
+        "default-values.yaml",
+        "gpu-cluster-values.yaml",
+        "smoke-values.yaml",
+        "run-values.yaml",
+    }
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.name)
@@ -71,7 +75,8 @@ def test_scenario_lints_and_every_object_is_valid_kubernetes(chart, scenario):
         try:
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
         except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{template}: {obj['kind']}/{obj['metadata']['name']}: {'.'.join(map(str, error.path))}: {error.message}")
+            where = f"{template}: {obj['kind']}/{obj['metadata']['name']}"
+            pytest.fail(f"{where}: {'.'.join(map(str, error.path))}: {error.message}")
         assert obj["metadata"]["namespace"] == NAMESPACE
         assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "esgd"
 
@@ -154,8 +159,14 @@ def _all_objects_closed(node) -> None:
 
 def test_values_schema_rejects_unknown_keys(chart):
     _all_objects_closed(json.loads((CHART / "values.schema.json").read_text()))
-    for bad in ({"bogus": 1}, {"settings": {"gpu": {"gpuz": 1}}}, {"minio": {"enable": True}},
-                {"run": {"specs": {}}}, {"settings": {"retry": {"limit": "3"}}}, {"settings": {"imagePullPolicy": "Sometimes"}}):
+    for bad in (
+        {"bogus": 1},
+        {"settings": {"gpu": {"gpuz": 1}}},
+        {"minio": {"enable": True}},
+        {"run": {"specs": {}}},
+        {"settings": {"retry": {"limit": "3"}}},
+        {"settings": {"imagePullPolicy": "Sometimes"}},
+    ):
         with pytest.raises(helm.HelmError):
             chart.render(bad, name="esgd", namespace=NAMESPACE)
 
@@ -183,10 +194,16 @@ def test_rbac_is_least_privilege(chart):
     roles = {o["metadata"]["name"]: o["rules"] for o in objects(chart, {}, "Role")}
     assert roles == {
         "esgd-controller": [
-            {"apiGroups": ["argoproj.io"], "resources": ["workflows"], "verbs": ["create", "get", "list", "watch", "delete"]},
+            {
+                "apiGroups": ["argoproj.io"],
+                "resources": ["workflows"],
+                "verbs": ["create", "get", "list", "watch", "delete"],
+            },
             {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]},
         ],
-        "esgd-workflow": [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]}],
+        "esgd-workflow": [
+            {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]}
+        ],
     }
     bindings = {o["metadata"]["name"]: o for o in objects(chart, {}, "RoleBinding")}
     assert bindings["esgd-controller"]["subjects"][0]["name"] == "esgd-controller"
@@ -219,7 +236,11 @@ def test_run_from_values_is_a_controller_job(chart):
     container = pod["containers"][0]
     args = esgd_parser().parse_args(container["args"])
     assert args.command == "controller" and args.target == "/etc/esgd/spec/spec.yaml"
-    assert (args.store, args.run_id, args.settings) == ("s3://runs/esgd", "digits-from-helm", "/etc/esgd/settings/settings.yaml")
+    assert (args.store, args.run_id, args.settings) == (
+        "s3://runs/esgd",
+        "digits-from-helm",
+        "/etc/esgd/settings/settings.yaml",
+    )
     assert pod["serviceAccountName"] == "team-controller"
     assert not [o for o in rendered if o["kind"] in ("Role", "RoleBinding", "ServiceAccount")]
     # A new spec is a new Job (Jobs are immutable), the same spec the same Job.
@@ -246,6 +267,8 @@ def test_dev_minio_is_off_by_default_and_wires_the_s3_secret(chart):
 
 
 def test_notes_render(chart):
-    notes = chart.render(values_of(CHART / "ci/run-values.yaml"), name="esgd", namespace=NAMESPACE)["esgd/templates/NOTES.txt"]
+    notes = chart.render(values_of(CHART / "ci/run-values.yaml"), name="esgd", namespace=NAMESPACE)[
+        "esgd/templates/NOTES.txt"
+    ]
     assert "helm test esgd -n ml" in notes and "argo submit --wait -n ml launcher.yaml" in notes
     assert "kubectl logs -n ml -f job/esgd-run-" in notes

@@ -3,14 +3,16 @@ Fig. 1 and Fig. 2 with every mode, resuming, and bad input."""
 
 import json
 
+from helpers import history, tiny, write_spec
+
 from esgd.cli.main import main
 from esgd.core import keys
 from esgd.core.records import FinalSummary
 from esgd.store.uri import open_run
 
-from helpers import history, tiny, write_spec
-
-SPEC = tiny(generations=2, population={"mu": 3, "offspring": 3, "rho": 2, "elite": 2}, sgd={"epochs": 1, "batch_size": [64]})
+SPEC = tiny(
+    generations=2, population={"mu": 3, "offspring": 3, "rho": 2, "elite": 2}, sgd={"epochs": 1, "batch_size": [64]}
+)
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -27,7 +29,9 @@ def test_compare_runs_four_modes_and_prints_table_1(store_uri, tmp_path, capsys)
     results = [json.loads(line) for line in out.splitlines()]
     assert [r["mode"] for r in results] == ["single", "population", "no-evolution", "esgd"]
     for r in results:
-        assert r["run"].endswith(f"-{r['mode']}") and r["metric_name"] == "error rate" and r["error rate"] == r["metric"]
+        assert (
+            r["run"].endswith(f"-{r['mode']}") and r["metric_name"] == "error rate" and r["error rate"] == r["metric"]
+        )
         store, run_id = open_run(r["run"])
         summary = store.read(keys.final_summary(run_id), FinalSummary)
         assert r["best"] == summary.best_fitness == r["top15"][0] <= r["top15"][1]
@@ -47,17 +51,35 @@ def test_compare_runs_four_modes_and_prints_table_1(store_uri, tmp_path, capsys)
     lines = out.splitlines()
     assert "best fitness" in lines[1] and "[best, 15th best]" in lines[1] and "error rate" in lines[1]
     for line, r in zip(lines[3:], results):
-        assert line.split()[0] == r["mode"] and f"{r['best']:.4f}" in line and f"[{r['top15'][0]:.4f}, {r['top15'][1]:.4f}]" in line
+        assert (
+            line.split()[0] == r["mode"]
+            and f"{r['best']:.4f}" in line
+            and f"[{r['top15'][0]:.4f}, {r['top15'][1]:.4f}]" in line
+        )
         assert f"{100 * r['metric']:.2f} %" in line
 
 
 def test_compare_a_subset_of_modes_and_bad_modes(tmp_path, capsys):
     spec = write_spec(tmp_path / "spec.yaml", tiny(generations=1, population={"mu": 2, "offspring": 2, "elite": 1}))
     store = str(tmp_path / "store")
-    code, out, err = cli(capsys, "compare", spec, "--store", store, "--modes", "esgd,single", "--json",
-                         "--out", str(tmp_path / "p"), "--quiet")
+    code, out, err = cli(
+        capsys,
+        "compare",
+        spec,
+        "--store",
+        store,
+        "--modes",
+        "esgd,single",
+        "--json",
+        "--out",
+        str(tmp_path / "p"),
+        "--quiet",
+    )
     assert code == 0, err
     assert [json.loads(line)["mode"] for line in out.splitlines()] == ["esgd", "single"]
     code, out, err = cli(capsys, "compare", spec, "--store", store, "--modes", "esgd,evolve")
     assert code == 2 and out == ""
-    assert err.strip() == "esgd: error: --modes: unknown mode(s) evolve (choose from single, population, no-evolution, esgd)"
+    assert (
+        err.strip()
+        == "esgd: error: --modes: unknown mode(s) evolve (choose from single, population, no-evolution, esgd)"
+    )

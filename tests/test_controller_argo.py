@@ -13,9 +13,17 @@ import sys
 
 import pytest
 from kubernetes.client.exceptions import ApiException
+from test_workflows import ARGO_SCHEMA
 
 from esgd.cli import worker as worker_cli
-from esgd.controller.argo import AlreadyExists, ArgoEngine, ClusterRunError, KubernetesWorkflows, cluster_check, failure_reason
+from esgd.controller.argo import (
+    AlreadyExists,
+    ArgoEngine,
+    ClusterRunError,
+    KubernetesWorkflows,
+    cluster_check,
+    failure_reason,
+)
 from esgd.controller.driver import Driver, RunStopped, committed_generations
 from esgd.controller.runs import create_or_resume
 from esgd.core import keys, plan
@@ -26,7 +34,6 @@ from esgd.workflows import names
 from esgd.workflows.check import hera_problems, schema_problems
 from esgd.workflows.settings import parse_settings
 
-from test_workflows import ARGO_SCHEMA
 NAMESPACE = "esgd"
 SPEC = """
 name: tiny
@@ -83,15 +90,23 @@ class FakeWorkflows:
         tasks = templates[spec["entrypoint"]]["dag"]["tasks"]
         done: set[str] = set()
         while len(done) < len(tasks):
-            ready = [t for t in tasks if t["name"] not in done
-                     and set(filter(None, (t.get("depends") or "").split(" && "))) <= done]
+            ready = [
+                t
+                for t in tasks
+                if t["name"] not in done and set(filter(None, (t.get("depends") or "").split(" && "))) <= done
+            ]
             assert ready, "the DAG has a cycle or an unknown dependency"
             for task in ready:
                 inputs = {p["name"]: p["value"] for p in task.get("arguments", {}).get("parameters", [])}
                 container = templates[task["template"]]["container"]
-                argv = [re.sub(r"\{\{(workflow|inputs)\.parameters\.([\w-]+)\}\}",
-                               lambda m: (params if m.group(1) == "workflow" else inputs)[m.group(2)], a)
-                        for a in container["command"] + container["args"]]
+                argv = [
+                    re.sub(
+                        r"\{\{(workflow|inputs)\.parameters\.([\w-]+)\}\}",
+                        lambda m, inputs=inputs: (params if m.group(1) == "workflow" else inputs)[m.group(2)],
+                        a,
+                    )
+                    for a in container["command"] + container["args"]
+                ]
                 self.commands.append(argv)
                 assert argv[0] == "esgd-worker"
                 if worker_cli.main(argv[1:] + ["--device", "cpu"]) != 0:
@@ -169,7 +184,9 @@ def test_a_failed_generation_is_submitted_again(run):
 def test_stops_with_the_reason_after_the_last_attempt(run):
     failing = {names.workflow_name(run.id, "g0000", a): ("Failed", "node shutdown") for a in range(2)}
     fake = FakeWorkflows(failing)
-    with pytest.raises(RunStopped, match=r"generation 0 failed 2 time\(s\); last: tiny-run-g0000-a1 Failed: node shutdown"):
+    with pytest.raises(
+        RunStopped, match=r"generation 0 failed 2 time\(s\); last: tiny-run-g0000-a1 Failed: node shutdown"
+    ):
         controller(fake, run, generationAttempts=2).drive()
     assert created_names(fake) == ["tiny-run-g0000-a0", "tiny-run-g0000-a1"]
 
@@ -243,6 +260,7 @@ def test_a_deleted_workflow_counts_as_a_failed_attempt(run):
 
 def test_a_successful_workflow_deleted_before_it_was_seen_counts_as_success(run):
     """ttlStrategy may delete a Succeeded Workflow before the next poll: the store decides."""
+
     class DeletingOnSuccess(FakeWorkflows):
         def get(self, namespace, name):
             obj = super().get(namespace, name)
@@ -257,10 +275,21 @@ def test_a_successful_workflow_deleted_before_it_was_seen_counts_as_success(run)
 
 
 def test_failure_reason_names_the_failed_pod():
-    workflow = {"status": {"phase": "Failed", "message": "child 'train-m0-1' failed", "nodes": {
-        "a": {"type": "DAG", "phase": "Failed", "message": "x"},
-        "b": {"type": "Pod", "phase": "Failed", "displayName": "train-m0-1(1)", "message": "OOMKilled (exit code 137)"},
-    }}}
+    workflow = {
+        "status": {
+            "phase": "Failed",
+            "message": "child 'train-m0-1' failed",
+            "nodes": {
+                "a": {"type": "DAG", "phase": "Failed", "message": "x"},
+                "b": {
+                    "type": "Pod",
+                    "phase": "Failed",
+                    "displayName": "train-m0-1(1)",
+                    "message": "OOMKilled (exit code 137)",
+                },
+            },
+        }
+    }
     assert failure_reason(workflow) == "child 'train-m0-1' failed; train-m0-1(1): OOMKilled (exit code 137)"
     assert failure_reason({}) == "no message"
 
@@ -304,7 +333,11 @@ def test_cluster_check(run):
     """What `helm test` runs: a get answered 404 means the Workflows can be read; a 403 stops it."""
     lines = []
     cluster_check(FakeWorkflows(), NAMESPACE, run.store, lines.append)
-    assert lines == [f"ok: Workflows in namespace {NAMESPACE} can be read", f"ok: store {run.store.uri} is reachable with these credentials (write permission is checked by the first write)"]
+    assert lines == [
+        f"ok: Workflows in namespace {NAMESPACE} can be read",
+        f"ok: store {run.store.uri} is reachable with these credentials "
+        "(write permission is checked by the first write)",
+    ]
     forbidden = KubernetesWorkflows(FakeCustomObjectsApi([403]), sleep=lambda s: None)
     with pytest.raises(ClusterRunError, match="403"):
         cluster_check(forbidden, NAMESPACE)
@@ -321,7 +354,12 @@ def test_controller_cli_creates_then_resumes_a_run(tmp_path, monkeypatch, capsys
     (tmp_path / "spec.yaml").write_text(SPEC)
     (tmp_path / "settings.yaml").write_text(f"namespace: {NAMESPACE}\npollSeconds: 0.01\n")
     common = ["--settings", str(tmp_path / "settings.yaml")]
-    assert main(["controller", str(tmp_path / "spec.yaml"), "--store", str(tmp_path / "store"), "--run-id", "cli", *common]) == 0
+    assert (
+        main(
+            ["controller", str(tmp_path / "spec.yaml"), "--store", str(tmp_path / "store"), "--run-id", "cli", *common]
+        )
+        == 0
+    )
     uri = capsys.readouterr().out.strip()
     assert uri.endswith("/runs/cli") and created_names(fakes[0]) == ["cli-g0000-a0", "cli-g0001-a0", "cli-final-a0"]
     assert main(["controller", uri, *common]) == 0
@@ -349,6 +387,8 @@ print("torch" in sys.modules, code)
 def test_the_controller_resumes_a_run_by_uri_without_torch(run):
     """`esgd controller RUN_URI` (what a restarted launcher runs) needs neither torch nor the task."""
     controller(FakeWorkflows(), run).drive()
-    done = subprocess.run([sys.executable, "-c", RESUME_WITHOUT_TORCH, run.uri], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", RESUME_WITHOUT_TORCH, run.uri], capture_output=True, text=True, timeout=120
+    )
     assert done.stdout.split()[-2:] == ["False", "0"], done.stdout + done.stderr
     assert "run tiny-run is complete" in done.stderr

@@ -17,14 +17,14 @@ import pytest
 import torch
 
 from esgd.cli.main import main
-from esgd.worker.data.imports import DataError, load_batch, run_import
 from esgd.store.base import IntegrityError
 from esgd.store.uri import open_store
 from esgd.worker.data import dataset
+from esgd.worker.data.imports import DataError, load_batch, run_import
 from esgd.worker.tasks import cifar10, ptb, speech
 
-
 # Sources in their real formats --------------------------------------------------------------------
+
 
 class Py2Pickler(pickle._Pickler):
     """Writes what Python 2's cPickle wrote for the CIFAR-10 batches (protocol 2): every string as
@@ -51,8 +51,14 @@ class Py2Pickler(pickle._Pickler):
 
 def cifar_batch(images: np.ndarray, labels: list[int], label: str = "training batch 1 of 5") -> bytes:
     sink = io.BytesIO()
-    Py2Pickler(sink, protocol=2).dump({"batch_label": label, "labels": labels, "data": images,
-                                       "filenames": [f"img_{i:05d}.png" for i in range(len(labels))]})
+    Py2Pickler(sink, protocol=2).dump(
+        {
+            "batch_label": label,
+            "labels": labels,
+            "data": images,
+            "filenames": [f"img_{i:05d}.png" for i in range(len(labels))],
+        }
+    )
     return sink.getvalue()
 
 
@@ -121,13 +127,16 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 # CIFAR-10 ----------------------------------------------------------------------------------------
 
+
 def test_cifar10_batches_become_parquet_shards_the_task_reads(store_uri, tmp_path, capsys):
     written = fake_cifar(tmp_path / "src")
     code, uri, err = run_cli(capsys, "data", "import", "cifar10", str(tmp_path / "src"), "--store", store_uri)
     assert code == 0, err
     assert uri == f"{open_store(store_uri).uri.rstrip('/')}/data/cifar10" and "train: 40 rows in 5 shard(s)" in err
     meta = dataset.manifest(uri, "cifar10")
-    assert [s["rows"] for s in meta["splits"]["train"]] == [8] * 5 and [s["rows"] for s in meta["splits"]["test"]] == [8]
+    assert [s["rows"] for s in meta["splits"]["train"]] == [8] * 5 and [s["rows"] for s in meta["splits"]["test"]] == [
+        8
+    ]
     x, y = cifar10.images(dataset.read_split(uri, "cifar10", "train"))
     expected = np.concatenate([written[f"data_batch_{i}"][0] for i in range(1, 6)])
     assert x.dtype == torch.uint8 and x.shape == (40, 3, 32, 32)
@@ -144,7 +153,10 @@ def test_cifar10_from_the_tar_gz_gives_the_same_shards(tmp_path):
         tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     _, from_dir = run_import("cifar10", str(tmp_path / "src"), str(tmp_path / "a"))
     _, from_tar = run_import("cifar10", str(archive), str(tmp_path / "b"))
-    strip = lambda meta: {split: [(s["rows"], s["sha256"]) for s in shards] for split, shards in meta["splits"].items()}  # noqa: E731
+
+    def strip(meta: dict) -> dict:
+        return {split: [(s["rows"], s["sha256"]) for s in shards] for split, shards in meta["splits"].items()}
+
     assert strip(from_dir) == strip(from_tar)  # same bytes, same checksums
 
 
@@ -156,11 +168,15 @@ def _malicious(global_line: bytes, args: bytes) -> bytes:
 def test_a_batch_naming_any_other_global_is_refused_before_anything_runs(payload, tmp_path, capsys):
     marker = tmp_path / "pwned"
     data = {
-        "os-system": _malicious(b"os\nsystem", b"X" + struct.pack("<I", len(f"touch {marker}")) + f"touch {marker}".encode()),
+        "os-system": _malicious(
+            b"os\nsystem", b"X" + struct.pack("<I", len(f"touch {marker}")) + f"touch {marker}".encode()
+        ),
         "builtins-eval": _malicious(b"builtins\neval", b"X" + struct.pack("<I", 8) + b"1+1 == 2"),
         "object-array": cifar_batch(np.array([None] * 3072 * 2, dtype=object).reshape(2, 3072), [0, 1]),
         # a structured dtype: its pickle rebuilds the fields with BUILD, which must never reach numpy
-        "structured-dtype": pickle.dumps({b"data": np.zeros((2, 3072), dtype=[("a", "<u8")]), b"labels": [0, 1]}, protocol=2),
+        "structured-dtype": pickle.dumps(
+            {b"data": np.zeros((2, 3072), dtype=[("a", "<u8")]), b"labels": [0, 1]}, protocol=2
+        ),
         "other-class": pickle.dumps({"data": __import__("collections").OrderedDict(), "labels": []}, protocol=2),
     }[payload]
     with pytest.raises(DataError, match="not a CIFAR-10 python batch"):
@@ -168,7 +184,9 @@ def test_a_batch_naming_any_other_global_is_refused_before_anything_runs(payload
     src = tmp_path / "src" / "cifar-10-batches-py"
     src.mkdir(parents=True)
     (src / "data_batch_1").write_bytes(data)
-    code, out, err = run_cli(capsys, "data", "import", "cifar10", str(tmp_path / "src"), "--store", str(tmp_path / "store"))
+    code, out, err = run_cli(
+        capsys, "data", "import", "cifar10", str(tmp_path / "src"), "--store", str(tmp_path / "store")
+    )
     assert code == 2 and out == "" and err.startswith("esgd: error: ") and len(err.strip().splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "store" / "data" / "cifar10" / "dataset.json").exists()
     assert "refusing global" in err or "refusing dtype" in err
@@ -179,7 +197,9 @@ def test_a_batch_larger_than_any_real_one_is_refused_unread(tmp_path, capsys):
     src.mkdir(parents=True)
     with open(src / "data_batch_1", "wb") as handle:
         handle.truncate(65 << 20)  # sparse: as large as a decompression bomb's member, nothing on disk
-    code, out, err = run_cli(capsys, "data", "import", "cifar10", str(tmp_path / "src"), "--store", str(tmp_path / "store"))
+    code, out, err = run_cli(
+        capsys, "data", "import", "cifar10", str(tmp_path / "src"), "--store", str(tmp_path / "store")
+    )
     assert code == 2 and "refused unread" in err and len(err.strip().splitlines()) == 1
 
 
@@ -204,6 +224,7 @@ def test_a_batch_of_the_wrong_shape_is_refused(tmp_path):
 
 # Speech and PTB ----------------------------------------------------------------------------------
 
+
 def test_speech_frames_from_npz_and_parquet(tmp_path):
     fake_speech(tmp_path / "src")
     uri, meta = run_import("speech", str(tmp_path / "src"), str(tmp_path / "store"))
@@ -211,7 +232,9 @@ def test_speech_frames_from_npz_and_parquet(tmp_path):
     table = dataset.read_split(uri, "speech", "train")
     assert table.column_names == ["utterance", "frame", "features", "label"]
     source = np.load(tmp_path / "src" / "train.npz")
-    assert np.array_equal(table.column("features").combine_chunks().flatten().to_numpy().reshape(-1, 5), source["features"])
+    assert np.array_equal(
+        table.column("features").combine_chunks().flatten().to_numpy().reshape(-1, 5), source["features"]
+    )
     task = speech.task(uri, hidden=8, context=2)
     assert task.train[0].shape == (len(source["labels"]), 5 * 5) and task.metric_name == "frame error rate"
     model = task.model()
@@ -232,8 +255,14 @@ def test_context_windows_stay_inside_their_utterance():
 def test_speech_import_regroups_utterances_and_orders_frames(tmp_path):
     (tmp_path / "src").mkdir()
     for split in ("train", "valid"):
-        table = pa.table({"utterance": ["b", "a", "b", "a"], "frame": [1, 5, 0, 2],
-                          "features": [[1.0], [2.0], [3.0], [4.0]], "label": [0, 1, 2, 3]})
+        table = pa.table(
+            {
+                "utterance": ["b", "a", "b", "a"],
+                "frame": [1, 5, 0, 2],
+                "features": [[1.0], [2.0], [3.0], [4.0]],
+                "label": [0, 1, 2, 3],
+            }
+        )
         pq.write_table(table, tmp_path / "src" / f"{split}.parquet")
     uri, _ = run_import("speech", str(tmp_path / "src"), str(tmp_path / "store"))
     table = dataset.read_split(uri, "speech", "train")
@@ -246,7 +275,9 @@ def test_ptb_text_windows_and_vocabulary(tmp_path):
     uri, meta = run_import("ptb", str(tmp_path / "src"), str(tmp_path / "store"))
     assert set(meta["splits"]) == {"train", "valid", "test"}
     lines = ptb.lines_of(uri, "train")
-    assert lines == [line.strip() for line in (tmp_path / "src" / "ptb.train.txt").read_text().splitlines() if line.strip()]
+    assert lines == [
+        line.strip() for line in (tmp_path / "src" / "ptb.train.txt").read_text().splitlines() if line.strip()
+    ]
     vocab = ptb.vocabulary(lines)
     tokens = ptb.stream(lines, vocab)
     assert tokens[len(lines[0].split())] == vocab[ptb.EOS]
@@ -260,10 +291,13 @@ def test_ptb_text_windows_and_vocabulary(tmp_path):
     with torch.no_grad():
         logits = task.model()(task.fitness[0][:2])
     assert logits.shape == (2, 9, len(vocab))
-    assert task.metric_of_fitness(float(task.loss(logits, task.fitness[1][:2]))) == pytest.approx(float(task.loss(logits, task.fitness[1][:2]).exp()))
+    assert task.metric_of_fitness(float(task.loss(logits, task.fitness[1][:2]))) == pytest.approx(
+        float(task.loss(logits, task.fitness[1][:2]).exp())
+    )
 
 
 # Integrity and errors ----------------------------------------------------------------------------
+
 
 def test_an_altered_shard_is_detected(tmp_path):
     fake_ptb(tmp_path / "src", lines=20)
@@ -277,7 +311,9 @@ def test_an_altered_shard_is_detected(tmp_path):
 def test_bad_sources_give_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for kind, needle in (("cifar10", "no data_batch"), ("speech", "no train.npz"), ("ptb", "no ptb.train.txt")):
-        code, out, err = run_cli(capsys, "data", "import", kind, str(tmp_path / "empty"), "--store", str(tmp_path / "s"))
+        code, out, err = run_cli(
+            capsys, "data", "import", kind, str(tmp_path / "empty"), "--store", str(tmp_path / "s")
+        )
         assert code == 2 and out == "" and needle in err and len(err.strip().splitlines()) == 1, err
     code, _, err = run_cli(capsys, "data", "import", "ptb", str(tmp_path / "nope"), "--store", str(tmp_path / "s"))
     assert code == 2 and "no such file" in err
@@ -294,6 +330,11 @@ def test_speech_arrays_of_different_lengths_are_refused(tmp_path, capsys):
     src = tmp_path / "frames"
     src.mkdir()
     for split in ("train", "valid"):
-        np.savez(src / f"{split}.npz", features=np.zeros((5, 3), np.float32), labels=np.zeros(4, np.int64), utterances=np.array(["u"] * 5))
+        np.savez(
+            src / f"{split}.npz",
+            features=np.zeros((5, 3), np.float32),
+            labels=np.zeros(4, np.int64),
+            utterances=np.array(["u"] * 5),
+        )
     code, out, err = run_cli(capsys, "data", "import", "speech", str(src), "--store", str(tmp_path / "store"))
     assert code == 2 and "same number" in err and len(err.strip().splitlines()) == 1

@@ -23,8 +23,14 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 def instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(l for l in DOCKERFILE.splitlines() if not l.lstrip().startswith("#")))
-    return [(l.split(None, 1)[0].upper(), l.split(None, 1)[1] if " " in l.strip() else "") for l in text.splitlines() if l.strip()]
+    text = re.sub(
+        r"\\\n", " ", "\n".join(line for line in DOCKERFILE.splitlines() if not line.lstrip().startswith("#"))
+    )
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+        for line in text.splitlines()
+        if line.strip()
+    ]
 
 
 def final_stage() -> list[tuple[str, str]]:
@@ -77,7 +83,8 @@ def test_installs_the_wheel_built_from_the_source():
 
 
 def ignored(path: str) -> bool:
-    patterns = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path.split("/")[0], p) for p in patterns)
 
 
@@ -109,8 +116,21 @@ def test_the_wheel_contains_every_subpackage(tmp_path):
     for item in ROOT.iterdir():
         if not ignored(item.name) and item.name not in (".git", ".venv"):
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, src / item.name)
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check", "--outdir", str(tmp_path / "dist"), str(src)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--skip-dependency-check",
+            "--outdir",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("esgd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for package, folder in source_packages().items():
@@ -123,6 +143,8 @@ def test_kind_smoke_script_says_what_is_missing(tmp_path):
     script = ROOT / "scripts" / "kind-smoke.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     (tmp_path / "dirname").symlink_to(shutil.which("dirname"))
-    done = subprocess.run([shutil.which("bash"), str(script)], capture_output=True, text=True, env={"PATH": str(tmp_path)})
+    done = subprocess.run(
+        [shutil.which("bash"), str(script)], capture_output=True, text=True, env={"PATH": str(tmp_path)}
+    )
     assert done.returncode == 2
     assert "not on PATH: docker kind kubectl helm argo" in done.stderr and "CI machines" in done.stderr

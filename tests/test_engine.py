@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import all_steps, execute, history, run_cli, start, tiny, write_spec
 
 from esgd.controller.local import local_engine
 from esgd.core import keys
@@ -15,8 +16,6 @@ from esgd.store.uri import open_store, run_uri
 from esgd.worker import steps
 from esgd.worker.run import Run
 from esgd.worker.transfers import Transfers
-
-from helpers import all_steps, execute, history, run_cli, start, tiny, write_spec
 
 
 def test_end_to_end_run_and_report(store_uri, tmp_path, capsys):
@@ -87,8 +86,10 @@ def test_evolve_makes_the_same_offspring_one_or_several_at_once(store_uri):
         run.transfers = Transfers(run.transfers.objects, computing=at_once)
         for step in (Step("init"), Step("train", 0), Step("evolve", 0, 0)):
             steps.run(run, step)
-        records = [run.store.read(keys.offspring_record(run.id, 0, 0, keys.member_id(0, 0, i)), OffspringRecord)
-                   for i in range(run.spec.population.offspring)]
+        records = [
+            run.store.read(keys.offspring_record(run.id, 0, 0, keys.member_id(0, 0, i)), OffspringRecord)
+            for i in range(run.spec.population.offspring)
+        ]
         made.append([(r.checkpoint.sha256, r.parents) for r in records])
     assert made[0] == made[1]
 
@@ -189,8 +190,11 @@ def test_reference_model_and_init_from_checkpoint(store_uri, tmp_path):
     checkpoint_file = tmp_path / "best.arrow"
     checkpoint_file.write_bytes(base.blobs.get(best.checkpoint))
 
-    data = tiny(generations=2, reference={"checkpoint": str(checkpoint_file)},
-                population={"init": {"checkpoint": str(checkpoint_file), "sigma": 0.01}})
+    data = tiny(
+        generations=2,
+        reference={"checkpoint": str(checkpoint_file)},
+        population={"init": {"checkpoint": str(checkpoint_file), "sigma": 0.01}},
+    )
     run = start(store_uri, data, "ref")
     execute(run)
     rows = history(run.uri)

@@ -7,6 +7,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from helpers import execute, history, run_cli, start, tiny, write_spec
 
 from esgd.analysis.lineage import hp_text
 from esgd.controller.driver import Driver, PhaseFailed
@@ -24,8 +25,6 @@ from esgd.worker.run import Run
 from esgd.worker.task import Task
 from esgd.worker.tasks.mlp import mlp
 from esgd.worker.train import fitness, train
-
-from helpers import execute, history, run_cli, start, tiny, write_spec
 
 # An optimizer family: Lion (Chen et al. 2023), sign of an interpolated momentum -----------------------
 
@@ -85,7 +84,10 @@ def test_a_new_optimizer_family_trains_single_and_packed_alike(lion):
     start_fitness = [fitness(m, task, task.fitness) for m in models]
     seeds = [(1, 0, f"m{i}") for i in range(len(hps))]
     pack = Pack.from_models(models)
-    alone = [train(m, task, task.train, task.fitness, hp, 3, f, 1.0, s) for m, hp, f, s in zip(models, hps, start_fitness, seeds)]
+    alone = [
+        train(m, task, task.train, task.fitness, hp, 3, f, 1.0, s)
+        for m, hp, f, s in zip(models, hps, start_fitness, seeds)
+    ]
     packed = train_pack(pack, task, task.train, task.fitness, hps, 3, start_fitness, 1.0, seeds)
     for a, p in zip(alone, packed):
         assert p.backoffs == a.backoffs and p.epoch_fitness == pytest.approx(a.epoch_fitness, rel=1e-9)
@@ -96,7 +98,10 @@ def test_a_new_optimizer_family_trains_single_and_packed_alike(lion):
 
 
 def test_a_new_optimizer_family_is_known_to_specs_runs_and_reports(lion, tmp_path):
-    spec = tiny(generations=2, sgd={"optimizers": {"lion": {"lr": [1e-4, 1e-3], "beta1": [0.85, 0.95]}, "adam": {"lr": [1e-3, 3e-3]}}})
+    spec = tiny(
+        generations=2,
+        sgd={"optimizers": {"lion": {"lr": [1e-4, 1e-3], "beta1": [0.85, 0.95]}, "adam": {"lr": [1e-3, 3e-3]}}},
+    )
     run = start(str(tmp_path), spec, "lion")
     execute(run)
     rows = [r for r in history(run.uri) if r["role"] == "parent"]
@@ -121,7 +126,9 @@ def test_a_new_parent_selection_is_chosen_by_name(tmp_path, monkeypatch):
     execute(run)
     rows = history(run.uri)
     for generation in (0, 1):
-        parents = sorted((r for r in rows if r["generation"] == generation and r["role"] == "parent"), key=lambda r: r["fitness"])
+        parents = sorted(
+            (r for r in rows if r["generation"] == generation and r["role"] == "parent"), key=lambda r: r["fitness"]
+        )
         best_two = [r["member"] for r in parents[:2]]
         assert all(r["parents"] == best_two for r in rows if r["generation"] == generation and r["role"] == "offspring")
     with pytest.raises(SpecError, match="evolution.parents: unknown parent selection 'nope'"):
@@ -164,7 +171,9 @@ def test_a_new_engine_drives_a_run_to_the_same_history(tmp_path):
     engine, log = Backwards(), []
     Driver(run, engine, log.append).drive()
     assert history(run.uri) == history(reference.uri)
-    assert "g0000 attempt 0: preempted; on to the next attempt (1 left)" in log and log[-1] == "run backwards is complete"
+    assert (
+        "g0000 attempt 0: preempted; on to the next attempt (1 left)" in log and log[-1] == "run backwards is complete"
+    )
     attempts: dict[str, list[int]] = {}
     for tag, attempt in engine.ran:
         attempts.setdefault(tag, []).append(attempt)
@@ -191,13 +200,21 @@ def task(size: int = 4, examples: int = 256) -> Task:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(examples, size, generator=g)
     y = x[:, 0] * x[:, 1]
-    return Task(model=partial(Bilinear, size), train=(x, y), fitness=(x[:64], y[:64]),
-                loss=torch.nn.functional.mse_loss, metric_of_fitness=math.sqrt, metric_name="rmse")
+    return Task(
+        model=partial(Bilinear, size),
+        train=(x, y),
+        fitness=(x[:64], y[:64]),
+        loss=torch.nn.functional.mse_loss,
+        metric_of_fitness=math.sqrt,
+        metric_name="rmse",
+    )
 
 
 def test_a_task_of_your_own_runs_by_import_path(tmp_path, capsys):
-    data = dict(tiny(task="test_extending:task", generations=3, sgd={"optimizers": {"adam": {"lr": [0.01, 0.05]}}}),
-                task_args={"size": 3})
+    data = dict(
+        tiny(task="test_extending:task", generations=3, sgd={"optimizers": {"adam": {"lr": [0.01, 0.05]}}}),
+        task_args={"size": 3},
+    )
     spec = write_spec(tmp_path / "spec.yaml", data)
     code, uri, err = run_cli(capsys, "run", spec, "--store", str(tmp_path / "store"))
     assert code == 0, err

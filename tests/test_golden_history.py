@@ -14,16 +14,19 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
-
-from esgd.worker.data.imports import run_import
-
 from helpers import run_cli
 from test_data_import import fake_cifar, fake_ptb, fake_speech
+
+from esgd.worker.data.imports import run_import
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "histories.json"
 REGEN = os.environ.get("ESGD_REGEN_GOLDEN") == "1"
-TINY = {"cifar10-resnet20": ("cifar10", fake_cifar), "speech-dnn": ("speech", fake_speech), "ptb-lstm": ("ptb", fake_ptb)}
+TINY = {
+    "cifar10-resnet20": ("cifar10", fake_cifar),
+    "speech-dnn": ("speech", fake_speech),
+    "ptb-lstm": ("ptb", fake_ptb),
+}
 
 
 def digest(table: pa.Table) -> str:
@@ -50,8 +53,10 @@ def history_digest(store: Path, run_id: str) -> str:
 def golden() -> dict:
     recorded = json.loads(GOLDEN.read_text())
     if not REGEN and recorded["torch"] != torch.__version__:
-        pytest.skip(f"histories recorded with torch {recorded['torch']} (what `make` installs without a GPU), "
-                    f"this is {torch.__version__}: other builds round differently")
+        pytest.skip(
+            f"histories recorded with torch {recorded['torch']} (what `make` installs without a GPU), "
+            f"this is {torch.__version__}: other builds round differently"
+        )
     yield recorded
     if REGEN:
         GOLDEN.write_text(json.dumps(dict(recorded, torch=torch.__version__), indent=1) + "\n")
@@ -65,8 +70,19 @@ def check(golden: dict, name: str, found: str) -> None:
 
 def test_make_demo_histories_are_unchanged(golden, tmp_path, capsys):
     store = tmp_path / "store"
-    code, _, err = run_cli(capsys, "compare", str(ROOT / "examples" / "digits.yaml"), "--store", str(store),
-                           "--run-id", "demo", "--modes", "population,esgd", "--out", str(tmp_path / "plots"))
+    code, _, err = run_cli(
+        capsys,
+        "compare",
+        str(ROOT / "examples" / "digits.yaml"),
+        "--store",
+        str(store),
+        "--run-id",
+        "demo",
+        "--modes",
+        "population,esgd",
+        "--out",
+        str(tmp_path / "plots"),
+    )
     assert code == 0, err
     for mode in ("population", "esgd"):
         check(golden, f"demo-{mode}", history_digest(store, f"demo-{mode}"))
@@ -78,7 +94,16 @@ def test_tiny_recipe_histories_are_unchanged(golden, name, tmp_path, capsys):
     fake(tmp_path / "source", **({"per_batch": 4} if kind == "cifar10" else {}))
     store = tmp_path / "store"
     data, _ = run_import(kind, str(tmp_path / "source"), str(store))
-    code, _, err = run_cli(capsys, "run", str(ROOT / "examples" / "tiny" / f"{name}.yaml"), "--store", str(store),
-                           "--run-id", name, "--set", f"task_args.data={data}")
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        str(ROOT / "examples" / "tiny" / f"{name}.yaml"),
+        "--store",
+        str(store),
+        "--run-id",
+        name,
+        "--set",
+        f"task_args.data={data}",
+    )
     assert code == 0, err
     check(golden, name, history_digest(store, name))

@@ -10,6 +10,9 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import execute, history, tiny, write_spec
+from helpers import run_cli as cli
+from helpers import start as created
 
 from esgd.analysis.lineage import lineage
 from esgd.analysis.replay import replay
@@ -21,8 +24,6 @@ from esgd.store.uri import open_store
 from esgd.worker.run import Run
 from esgd.worker.train import fitness
 from esgd.worker.weights import load_into
-
-from helpers import execute, history, run_cli as cli, start as created, tiny, write_spec
 
 HP = ("optimizer", "lr", "momentum", "weight_decay", "beta1", "beta2", "batch_size")
 ONE_AT_A_TIME = {"pack": {"size": 1}}
@@ -46,7 +47,9 @@ def test_lineage_cli_ancestry_dot_and_parquet(store_uri, tmp_path, capsys):
     code, uri, err = cli(capsys, "run", spec, "--store", store_uri)
     assert code == 0, err
     winner = open_store(store_uri).read(keys.final_summary(uri.rsplit("/", 1)[1]), FinalSummary).best_member
-    code, out, err = cli(capsys, "lineage", uri, "--dot", str(tmp_path / "g.dot"), "--parquet", str(tmp_path / "g.parquet"))
+    code, out, err = cli(
+        capsys, "lineage", uri, "--dot", str(tmp_path / "g.dot"), "--parquet", str(tmp_path / "g.parquet")
+    )
     assert code == 0, err
     assert f"member {winner} (the winner)" in out and "line (fittest parent at each birth)" in out
     code, out, _ = cli(capsys, "lineage", uri, "--json")
@@ -60,7 +63,8 @@ def test_lineage_cli_ancestry_dot_and_parquet(store_uri, tmp_path, capsys):
     for m in lin["ancestors"]:  # closed under "parent of"
         assert m not in births or set(births[m]["parents"]) <= set(lin["ancestors"])
     assert sorted((e["parent"], e["child"]) for e in lin["edges"]) == sorted(
-        (p, m) for m in lin["ancestors"] if m in births for p in births[m]["parents"])
+        (p, m) for m in lin["ancestors"] if m in births for p in births[m]["parents"]
+    )
     # the schedule: one SGD step per generation along the line, then the fine-tuning
     assert [s["generation"] for s in lin["schedule"]] == [0, 1, 2, 3, 4] and lin["schedule"][-1]["role"] == "finetune"
     by_key = {(r["generation"], r["member"], r["role"]): r for r in rows}
@@ -113,11 +117,18 @@ def test_replay_of_a_packed_run_agrees_up_to_rounding(tmp_path):
     run = start(str(tmp_path), tiny(mode="no-evolution", generations=3, pack={"size": "auto"}), "packed")
     steps, _, _ = replay(run)
     for s in steps:
-        assert s["replay_fitness"] == pytest.approx(s["run_fitness"], rel=1e-4) and s["replay_backoffs"] == s["run_backoffs"]
+        assert (
+            s["replay_fitness"] == pytest.approx(s["run_fitness"], rel=1e-4)
+            and s["replay_backoffs"] == s["run_backoffs"]
+        )
 
 
 def test_replay_of_the_single_mode_halves_the_lr_as_the_run_did(tmp_path):
-    run = start(str(tmp_path), tiny(mode="single", generations=3, single={"optimizer": "sgd", "lr": 3.0, "momentum": 0.0}), "single")
+    run = start(
+        str(tmp_path),
+        tiny(mode="single", generations=3, single={"optimizer": "sgd", "lr": 3.0, "momentum": 0.0}),
+        "single",
+    )
     steps, _, _ = replay(run)
     _assert_exact(steps)
     assert sum(s["run_backoffs"] for s in steps) >= 1

@@ -6,13 +6,32 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"core": "core", "store": "store", "worker": "worker", "worker/tasks": "worker.tasks", "controller": "controller", "workflows": "workflows"}
+FOLDERS = {
+    "core": "core",
+    "store": "store",
+    "worker": "worker",
+    "worker/tasks": "worker.tasks",
+    "controller": "controller",
+    "workflows": "workflows",
+}
 
 
 def test_wheel_contains_every_module_under_esgd_only(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
     )
     (wheel,) = tmp_path.glob("esgd-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

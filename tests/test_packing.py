@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from helpers import execute, history, start
 
 from esgd.core.hparams import HParams
 from esgd.core.plan import pack_groups
@@ -12,8 +13,6 @@ from esgd.worker.task import Task
 from esgd.worker.tasks.mlp import mlp
 from esgd.worker.train import fitness, train
 from esgd.worker.weights import load_into, to_checkpoint
-
-from helpers import execute, history, start
 
 FAMILIES = ["sgd", "nesterov", "adam", "adamw", "rmsprop"]
 
@@ -37,20 +36,35 @@ def _task():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 6, generator=g, dtype=torch.float64)
     y = (x[:, 0] + x[:, 1] > 0).long()
-    return Task(model=lambda: mlp(6, 8, 2, 2, batchnorm=True, dtype=torch.float64), train=(x, y), fitness=(x[:80], y[:80]))
+    return Task(
+        model=lambda: mlp(6, 8, 2, 2, batchnorm=True, dtype=torch.float64), train=(x, y), fitness=(x[:80], y[:80])
+    )
 
 
 def test_packed_training_matches_one_at_a_time_for_every_optimizer_and_backoff():
     task = _task()
-    hps = [HParams(optimizer=f, lr=0.01 if f.startswith("adam") else 0.05, momentum=0.0 if f == "sgd" else 0.9,
-                   weight_decay=1e-3, beta1=0.9, beta2=0.99, batch_size=32) for f in FAMILIES]
+    hps = [
+        HParams(
+            optimizer=f,
+            lr=0.01 if f.startswith("adam") else 0.05,
+            momentum=0.0 if f == "sgd" else 0.9,
+            weight_decay=1e-3,
+            beta1=0.9,
+            beta2=0.99,
+            batch_size=32,
+        )
+        for f in FAMILIES
+    ]
     hps.append(hps[0].with_lr(1e3))  # diverges: backs off every epoch
     torch.manual_seed(0)
     models = [task.model() for _ in hps]
     start_fitness = [fitness(m, task, task.fitness) for m in models]
     seeds = [(1, 0, f"m{i}") for i in range(len(hps))]
     alone = [copy.deepcopy(m) for m in models]
-    expected = [train(m, task, task.train, task.fitness, hp, 3, f, 1.0, s) for m, hp, f, s in zip(alone, hps, start_fitness, seeds)]
+    expected = [
+        train(m, task, task.train, task.fitness, hp, 3, f, 1.0, s)
+        for m, hp, f, s in zip(alone, hps, start_fitness, seeds)
+    ]
     packed = _train_models(models, task, task.train, task.fitness, hps, 3, start_fitness, 1.0, seeds)
     for e, p, a, m in zip(expected, packed, alone, models):
         assert p.backoffs == e.backoffs
@@ -62,9 +76,16 @@ def test_packed_training_matches_one_at_a_time_for_every_optimizer_and_backoff()
 
 def test_packed_and_unpacked_runs_give_the_same_history(store_uri):
     data = {
-        "seed": 3, "task": "esgd.worker.tasks.digits:task", "task_args": {"hidden": 8, "dtype": "float64"},
-        "generations": 3, "population": {"mu": 6, "offspring": 4, "elite": 3},
-        "sgd": {"epochs": 2, "batch_size": [64], "optimizers": {f: {"lr": [0.001, 0.05], "momentum": [0.5, 0.9]} for f in FAMILIES}},
+        "seed": 3,
+        "task": "esgd.worker.tasks.digits:task",
+        "task_args": {"hidden": 8, "dtype": "float64"},
+        "generations": 3,
+        "population": {"mu": 6, "offspring": 4, "elite": 3},
+        "sgd": {
+            "epochs": 2,
+            "batch_size": [64],
+            "optimizers": {f: {"lr": [0.001, 0.05], "momentum": [0.5, 0.9]} for f in FAMILIES},
+        },
     }
     one = start(store_uri, dict(data, pack={"size": 1}), "one-at-a-time")
     packed = start(store_uri, dict(data, pack={"size": "auto"}), "packed")
@@ -99,7 +120,9 @@ def test_models_with_non_persistent_buffers_pack():
     task.model = _Scaled
     models = [_Scaled() for _ in range(3)]
     hps = [HParams("sgd", lr=0.1, momentum=0.0, weight_decay=0.0, beta1=0.9, beta2=0.999, batch_size=50)] * 3
-    results = _train_models(models, task, task.train, task.fitness, hps, 1, [9.0] * 3, 1.0, [(0, 0, f"m{i}") for i in range(3)])
+    results = _train_models(
+        models, task, task.train, task.fitness, hps, 1, [9.0] * 3, 1.0, [(0, 0, f"m{i}") for i in range(3)]
+    )
     assert all(r.fitness < 9.0 for r in results) and "scale" not in models[0].state_dict()
 
 
@@ -117,8 +140,9 @@ class _Tied(torch.nn.Module):
 
 
 def test_tied_weights_pack_and_mutate():
-    from esgd.store import checkpoint
     from test_evolve import recombine
+
+    from esgd.store import checkpoint
 
     task = _task()
     task.model = _Tied
@@ -177,8 +201,18 @@ def test_a_checkpoint_of_another_architecture_does_not_fit_a_pack():
 
 def test_a_compiled_pack_trains_as_the_uncompiled_one():
     task = _task()
-    hps = [HParams(optimizer=f, lr=0.01 if f == "adam" else 0.05, momentum=0.9, weight_decay=1e-3,
-                   beta1=0.9, beta2=0.99, batch_size=64) for f in ("adam", "adam", "nesterov", "nesterov")]
+    hps = [
+        HParams(
+            optimizer=f,
+            lr=0.01 if f == "adam" else 0.05,
+            momentum=0.9,
+            weight_decay=1e-3,
+            beta1=0.9,
+            beta2=0.99,
+            batch_size=64,
+        )
+        for f in ("adam", "adam", "nesterov", "nesterov")
+    ]
     torch.manual_seed(0)
     models = [task.model() for _ in hps]
     start_fitness = [fitness(m, task, task.fitness) for m in models]
@@ -186,7 +220,9 @@ def test_a_compiled_pack_trains_as_the_uncompiled_one():
     results, packs = [], []
     for compiled in (False, True):
         pack = Pack.from_checkpoints(task.model(), [to_checkpoint(m) for m in models])
-        results.append(train_pack(pack, task, task.train, task.fitness, hps, 2, start_fitness, 1.0, seeds, compiled=compiled))
+        results.append(
+            train_pack(pack, task, task.train, task.fitness, hps, 2, start_fitness, 1.0, seeds, compiled=compiled)
+        )
         packs.append(pack)
     from torch._dynamo.utils import counters
 

@@ -12,8 +12,10 @@ import time
 
 import pytest
 import yaml
-
 from conftest import TEST_BUCKET, use_server
+from helpers import execute
+from seaweed import Seaweed, free_port, weed_binary
+
 from esgd.cli.main import main
 from esgd.controller.runs import create_or_resume, default_run_id
 from esgd.core import keys
@@ -27,12 +29,15 @@ from esgd.store.s3 import S3Store
 from esgd.store.uri import open_store
 from esgd.worker import steps
 from esgd.worker.run import Run
-from helpers import execute
-from seaweed import Seaweed, free_port, weed_binary
 
 SPEC = {
-    "name": "faults", "seed": 11, "task": "esgd.worker.tasks.digits:task", "task_args": {"hidden": 8},
-    "generations": 2, "population": {"mu": 4, "offspring": 4}, "sgd": {"batch_size": [64]},
+    "name": "faults",
+    "seed": 11,
+    "task": "esgd.worker.tasks.digits:task",
+    "task_args": {"hidden": 8},
+    "generations": 2,
+    "population": {"mu": 4, "offspring": 4},
+    "sgd": {"batch_size": [64]},
 }
 RUN_ID = default_run_id(parse_spec(SPEC))
 ESGD = [sys.executable, "-c", "import sys; from esgd.cli.main import main; sys.exit(main())"]
@@ -113,7 +118,10 @@ def commits_under(part: str, after: int, then):
 
 # (a) The server crashes in the middle of a step ---------------------------------------------------
 
-def test_server_crash_mid_step_fails_clearly_then_esgd_run_resumes(own_server, spec_file, reference, monkeypatch, capsys, caplog):
+
+def test_server_crash_mid_step_fails_clearly_then_esgd_run_resumes(
+    own_server, spec_file, reference, monkeypatch, capsys, caplog
+):
     uri = "s3://faults/crash"
     hook, committed = commits_under("/offspring/", 2, lambda: own_server.stop(kill=True))
     monkeypatch.setattr(S3Store, "commit", hook)
@@ -130,7 +138,9 @@ def test_server_crash_mid_step_fails_clearly_then_esgd_run_resumes(own_server, s
     for key, record in committed:  # what was committed before the crash survived it
         assert store.read(key, type(record)) == record
         Blobs(store).get(record.checkpoint)
-    done = subprocess.run([*ESGD, "run", spec_file, "--store", uri, "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*ESGD, "run", spec_file, "--store", uri, "--device", "cpu"], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stderr and done.stdout.strip() == f"{uri}/runs/{RUN_ID}"
     assert history(store) == reference
@@ -163,7 +173,9 @@ def test_server_restarted_while_a_step_retries_the_run_completes(own_server, spe
     hook, _ = commits_under("/fitness/", 3, crash)  # in the middle of evaluating generation 0
     monkeypatch.setattr(S3Store, "commit", hook)
     try:
-        assert main(["run", spec_file, "--store", "s3://faults/restart", "--device", "cpu"]) == 0, capsys.readouterr().err
+        assert main(["run", spec_file, "--store", "s3://faults/restart", "--device", "cpu"]) == 0, (
+            capsys.readouterr().err
+        )
     finally:
         logging.getLogger("esgd.store.s3").removeHandler(handler)
     assert retrying.is_set() and restarted  # it did go through a retry, and got through
@@ -217,8 +229,12 @@ def test_worker_killed_mid_upload_leaves_no_torn_checkpoint_in_the_records(s3_ur
         run.blobs.get(record.checkpoint)
 
     # The re-run trains what has no record, under a new attempt key, and keeps what was committed.
-    again = subprocess.run([sys.executable, "-m", "esgd.cli.worker", "train", "--run", run.uri, "--gen", "0", "--device", "cpu"],
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "esgd.cli.worker", "train", "--run", run.uri, "--gen", "0", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr
     for key, record in records.items():
         assert store.read(key, TrainRecord) == record
@@ -256,7 +272,9 @@ def test_driver_killed_between_steps_and_run_again_gives_the_same_history(s3_uri
     offspring = {k: store.get(k) for k in store.list(keys.round_(RUN_ID, 0, 0)) if k.endswith(".json")}
     assert len(offspring) == 4 and not store.exists(keys.history(RUN_ID))
 
-    done = subprocess.run([*ESGD, "run", spec_file, "--store", s3_uri, "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*ESGD, "run", spec_file, "--store", s3_uri, "--device", "cpu"], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stderr
     assert history(store) == reference
@@ -266,8 +284,13 @@ def test_driver_killed_between_steps_and_run_again_gives_the_same_history(s3_uri
 
 # (d) Stores that cannot be used -------------------------------------------------------------------
 
-@pytest.mark.parametrize("fault", ["wrong secret", "unknown access key", "missing bucket", "unreachable endpoint", "no credentials"])
-def test_unusable_store_gives_one_clear_line_exit_2_and_writes_nothing(fault, seaweed, s3_uri, spec_file, monkeypatch, capsys):
+
+@pytest.mark.parametrize(
+    "fault", ["wrong secret", "unknown access key", "missing bucket", "unreachable endpoint", "no credentials"]
+)
+def test_unusable_store_gives_one_clear_line_exit_2_and_writes_nothing(
+    fault, seaweed, s3_uri, spec_file, monkeypatch, capsys
+):
     uri = s3_uri
     expected = {
         "wrong secret": "credentials were refused (SignatureDoesNotMatch)",
@@ -316,7 +339,11 @@ def test_test_servers_refuse_unsigned_requests(seaweed):
     from botocore import UNSIGNED
     from botocore.config import Config
 
-    anonymous = boto3.client("s3", endpoint_url=seaweed.endpoint, region_name="us-east-1",
-                             config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"}))
+    anonymous = boto3.client(
+        "s3",
+        endpoint_url=seaweed.endpoint,
+        region_name="us-east-1",
+        config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"}),
+    )
     with pytest.raises(Exception, match="AccessDenied|Forbidden|403"):
         anonymous.list_objects_v2(Bucket=TEST_BUCKET, MaxKeys=1)

@@ -25,7 +25,9 @@ def test_exponential_is_geometric_and_constant_is_constant():
 
 
 def test_lr_is_drawn_inside_the_annealed_range():
-    spec = parse_spec({"generations": 5, "sgd": {"optimizers": {"sgd": {"lr": [0.01, 0.1]}}, "lr_anneal": {"start": 1, "end": 0.1}}})
+    spec = parse_spec(
+        {"generations": 5, "sgd": {"optimizers": {"sgd": {"lr": [0.01, 0.1]}}, "lr_anneal": {"start": 1, "end": 0.1}}}
+    )
     for generation in range(5):
         factor = value_at(spec.sgd.lr_anneal, generation, 5)
         for member in ("a", "b", "c", "d"):

@@ -68,7 +68,18 @@ def test_json_output_never_holds_infinity():
 
     from esgd.core.metrics import finite, summarize
 
-    rows = [{"generation": 0, "member": m, "role": "parent", "fitness": f, "selected": True, "elite": e,
-             "optimizer": "sgd", "backoffs": 0} for m, f, e in (("a", 0.5, True), ("b", float("inf"), False))]
+    rows = [
+        {
+            "generation": 0,
+            "member": m,
+            "role": "parent",
+            "fitness": f,
+            "selected": True,
+            "elite": e,
+            "optimizer": "sgd",
+            "backoffs": 0,
+        }
+        for m, f, e in (("a", 0.5, True), ("b", float("inf"), False))
+    ]
     line = json.dumps(finite(summarize(rows, 1)[0]), allow_nan=False)
     assert json.loads(line)["mean"] is None and json.loads(line)["best"] == 0.5

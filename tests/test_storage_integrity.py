@@ -17,8 +17,13 @@ from esgd.worker import steps
 from esgd.worker.run import Run
 
 SPEC = {
-    "name": "integrity", "seed": 3, "task": "esgd.worker.tasks.digits:task", "task_args": {"hidden": 8},
-    "generations": 2, "population": {"mu": 4, "offspring": 4}, "sgd": {"batch_size": [64]},
+    "name": "integrity",
+    "seed": 3,
+    "task": "esgd.worker.tasks.digits:task",
+    "task_args": {"hidden": 8},
+    "generations": 2,
+    "population": {"mu": 4, "offspring": 4},
+    "sgd": {"batch_size": [64]},
 }
 
 

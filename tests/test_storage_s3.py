@@ -5,18 +5,19 @@ import os
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import botocore.exceptions as bex
 import pytest
-
 from conftest import TEST_BUCKET
+from seaweed import free_port
+
 from esgd.core.records import BlobRef, FitnessRecord
 from esgd.store.base import NotFound, StoreError, sha256
 from esgd.store.blobs import Blobs
 from esgd.store.s3 import S3Settings, S3Store
 from esgd.store.uri import open_store
 from esgd.worker.transfers import Transfers
-from seaweed import free_port
 
 
 @pytest.fixture
@@ -61,12 +62,13 @@ def test_racing_commits_have_exactly_one_winner(store):
     for trial in range(3):
         key = f"race-{trial}.json"
         with ThreadPoolExecutor(8) as pool:
-            won = list(pool.map(lambda i: store.put_if_absent(key, str(i).encode()), range(8)))
+            won = list(pool.map(lambda i, key=key: store.put_if_absent(key, str(i).encode()), range(8)))
         assert won.count(True) == 1
         assert store.get(key) == str(won.index(True)).encode()
         # Store.commit: every racer ends up with the one committed record
+        key = f"commit-{trial}.json"
         with ThreadPoolExecutor(8) as pool:
-            records = list(pool.map(lambda i: store.commit(f"commit-{trial}.json", FitnessRecord(str(i), float(i))), range(8)))
+            records = list(pool.map(lambda i, key=key: store.commit(key, FitnessRecord(str(i), float(i))), range(8)))
         assert len(set(records)) == 1
 
 
@@ -125,7 +127,9 @@ def test_a_stream_resumes_where_the_connection_dropped(store):
 def test_transient_failures_are_retried_and_409_is_a_retry(store, monkeypatch):
     real = store.client.put_object
     failures = [
-        bex.ClientError({"Error": {"Code": "ConditionalRequestConflict"}, "ResponseMetadata": {"HTTPStatusCode": 409}}, "PutObject"),
+        bex.ClientError(
+            {"Error": {"Code": "ConditionalRequestConflict"}, "ResponseMetadata": {"HTTPStatusCode": 409}}, "PutObject"
+        ),
         bex.ClientError({"Error": {"Code": "InternalError"}, "ResponseMetadata": {"HTTPStatusCode": 500}}, "PutObject"),
     ]
 
@@ -218,7 +222,7 @@ def test_credentials_never_appear_in_repr_logs_or_errors(store, seaweed, caplog,
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", bad.get("secret_key", seaweed.secret_key))
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", bad.get("access_key", seaweed.access_key))
         other = open_store(store.uri)
-        for call in (other.check_writable, lambda: other.get("logged.json"), lambda: other.put("k", b"1")):
+        for call in (other.check_writable, partial(other.get, "logged.json"), partial(other.put, "k", b"1")):
             with pytest.raises(StoreError) as error:
                 call()
             text.append(str(error.value))
@@ -235,7 +239,11 @@ def test_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("ESGD_S3_CONNECT_TIMEOUT", "1.5")
     monkeypatch.setenv("ESGD_S3_ADDRESSING_STYLE", "virtual")
     assert S3Settings.from_env() == S3Settings(part_size_mb=8, connect_timeout=1.5, addressing_style="virtual")
-    for name, value in (("ESGD_S3_PART_SIZE_MB", "4"), ("ESGD_S3_RETRIES", "many"), ("ESGD_S3_ADDRESSING_STYLE", "odd")):
+    for name, value in (
+        ("ESGD_S3_PART_SIZE_MB", "4"),
+        ("ESGD_S3_RETRIES", "many"),
+        ("ESGD_S3_ADDRESSING_STYLE", "odd"),
+    ):
         monkeypatch.setenv(name, value)
         with pytest.raises(StoreError, match=name):
             S3Settings.from_env()
@@ -259,7 +267,7 @@ def test_stores_are_usable_from_many_threads(store):
         try:
             store.put(f"t/{i}", bytes([i]) * 1000)
             assert store.get(f"t/{i}") == bytes([i]) * 1000
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - any error in a thread fails the test below
             errors.append(error)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
@@ -268,7 +276,6 @@ def test_stores_are_usable_from_many_threads(store):
     for t in threads:
         t.join()
     assert not errors and len(store.list("t")) == 16
-
 
 
 def test_each_moves_a_few_objects_at_once_in_order_and_raises_the_first_error(store, monkeypatch):

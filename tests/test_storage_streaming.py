@@ -6,9 +6,9 @@ import io
 import tracemalloc
 
 import numpy as np
-import pytest
-
 import pyarrow as pa
+import pytest
+from test_evolve import recombine
 
 from esgd.core import keys
 from esgd.core.hparams import HParams
@@ -26,23 +26,31 @@ from esgd.worker import steps
 from esgd.worker.run import Run
 from esgd.worker.transfers import Transfers
 
-from test_evolve import recombine
-
 CHUNK = 1 << 16  # values per record batch: chunks of 256 KiB, so models are many chunks long
 MU, RHO = 4, 2
 PART_MB, CONCURRENCY = 5, 1  # S3: the smallest parts S3 takes, one in flight
 LAMBDA = 2
 
 SPEC = {
-    "name": "stream", "seed": 5, "task": "esgd.worker.tasks.digits:task", "task_args": {"hidden": 8},
-    "generations": 2, "population": {"mu": MU, "offspring": LAMBDA, "rho": RHO}, "sgd": {"batch_size": [64]},
+    "name": "stream",
+    "seed": 5,
+    "task": "esgd.worker.tasks.digits:task",
+    "task_args": {"hidden": 8},
+    "generations": 2,
+    "population": {"mu": MU, "offspring": LAMBDA, "rho": RHO},
+    "sgd": {"batch_size": [64]},
 }
 
 
 def big_population(run: Run, values: int) -> None:
     """Generation 0, trained: µ parents of `values` float32 values each, with their records."""
-    layout = Layout([Entry("w", [values - 1000], "float32", "param", 0), Entry("bn.mean", [1000], "float32", "buffer", values - 1000)],
-                    {"bn.count": {"shape": [], "dtype": "int64", "values": [7]}})
+    layout = Layout(
+        [
+            Entry("w", [values - 1000], "float32", "param", 0),
+            Entry("bn.mean", [1000], "float32", "buffer", values - 1000),
+        ],
+        {"bn.count": {"shape": [], "dtype": "int64", "values": [7]}},
+    )
     members, hp = [], HParams("sgd", 0.1, 0.0, 0.0, 0.9, 0.999, 64)
     for i in range(MU):
         member = keys.initial_id(i)
@@ -60,7 +68,9 @@ def test_evolve_memory_is_a_few_chunks_per_parent_and_bytes_are_unchanged(store_
     chunk_bytes, transfer = 4 * CHUNK, 0
     # One offspring at a time: with n at once each streams on its own, and memory is n times this.
     if isinstance(store, S3Store):  # a streamed upload keeps (concurrency + 2) parts in memory
-        store = S3Store(store.bucket, store.prefix, S3Settings(part_size_mb=PART_MB, concurrency=CONCURRENCY, objects=1))
+        store = S3Store(
+            store.bucket, store.prefix, S3Settings(part_size_mb=PART_MB, concurrency=CONCURRENCY, objects=1)
+        )
         transfer = (CONCURRENCY + 2) * PART_MB << 20
     values = 1 << 23 if transfer else 1 << 22  # 32 MiB models on S3 (above its part buffers), 16 MiB locally
     run = Run(RunRef(store, "big", parse_spec(SPEC)), "cpu")

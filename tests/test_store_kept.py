@@ -7,8 +7,8 @@ import hashlib
 import pytest
 
 from esgd.analysis.report import read_history
-from esgd.controller.local import InProcess
 from esgd.controller.driver import Driver
+from esgd.controller.local import InProcess
 from esgd.controller.runs import create_or_resume
 from esgd.core.records import BlobRef
 from esgd.core.spec import parse_spec
@@ -71,14 +71,22 @@ def test_the_budget_drops_the_oldest_and_skips_large_blobs(tmp_path):
 
 
 def test_the_in_process_engine_keeps_what_it_writes_and_the_history_does_not_change(tmp_path, monkeypatch):
-    spec = parse_spec({"seed": 4, "task": "esgd.worker.tasks.digits:task", "task_args": {"hidden": 8}, "generations": 2,
-                       "population": {"mu": 4, "offspring": 4}, "sgd": {"batch_size": [64]}})
+    spec = parse_spec(
+        {
+            "seed": 4,
+            "task": "esgd.worker.tasks.digits:task",
+            "task_args": {"hidden": 8},
+            "generations": 2,
+            "population": {"mu": 4, "offspring": 4},
+            "sgd": {"batch_size": [64]},
+        }
+    )
     histories, checkpoint_reads = {}, {}
     for keep in (True, False):
         store, reads = open_store(str(tmp_path / str(keep))), []
         for name in ("get", "open_read"):  # every way an object is read
             real = getattr(store, name)
-            monkeypatch.setattr(store, name, lambda key, real=real: (reads.append(key), real(key))[1])
+            monkeypatch.setattr(store, name, lambda key, real=real, reads=reads: (reads.append(key), real(key))[1])
         run, _ = create_or_resume(store, spec, "r")
         engine = InProcess("cpu") if keep else InProcess("cpu", keep=0)  # keep=0: as a pod, nothing kept
         Driver(run, engine, log=lambda line: None).drive()

@@ -18,29 +18,80 @@ def from_parquet(data: bytes, cls) -> list[dict]:
 
 
 def _part(generation: int) -> bytes:
-    return to_parquet([
-        HistoryRow(generation=generation, round=-1, member=f"g{generation}-m{i}", role="parent", fitness=1.0 / (i + 1),
-                   fitness_before=None, elite=i == 0, selected=True, hparams=None, parents=(), sigma=None, backoffs=0, epochs=1)
-        for i in range(3)
-    ], HistoryRow)
+    return to_parquet(
+        [
+            HistoryRow(
+                generation=generation,
+                round=-1,
+                member=f"g{generation}-m{i}",
+                role="parent",
+                fitness=1.0 / (i + 1),
+                fitness_before=None,
+                elite=i == 0,
+                selected=True,
+                hparams=None,
+                parents=(),
+                sigma=None,
+                backoffs=0,
+                epochs=1,
+            )
+            for i in range(3)
+        ],
+        HistoryRow,
+    )
 
 
 def test_history_columns_derive_from_the_row_types():
     """One column per HistoryRow field, the hyper-parameters flattened into HParams' own columns, in
     the order and with the types of history/1 (the format history.parquet has always had)."""
     names = [f.name for f in schema(HistoryRow)]
-    assert names == ["generation", "round", "member", "role", "fitness", "fitness_before", "elite", "selected",
-                     "optimizer", "lr", "momentum", "weight_decay", "beta1", "beta2", "batch_size",
-                     "parents", "sigma", "backoffs", "epochs"]
-    assert [str(f.type) for f in schema(HistoryRow)][:9] == ["int32", "int32", "string", "string", "double", "double",
-                                                              "bool", "bool", "string"]
+    assert names == [
+        "generation",
+        "round",
+        "member",
+        "role",
+        "fitness",
+        "fitness_before",
+        "elite",
+        "selected",
+        "optimizer",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "beta1",
+        "beta2",
+        "batch_size",
+        "parents",
+        "sigma",
+        "backoffs",
+        "epochs",
+    ]
+    assert [str(f.type) for f in schema(HistoryRow)][:9] == [
+        "int32",
+        "int32",
+        "string",
+        "string",
+        "double",
+        "double",
+        "bool",
+        "bool",
+        "string",
+    ]
     assert schema(HistoryRow).metadata == {b"esgd.schema": b"history/1"}
     assert str(schema(Member).field("hparams").type).startswith("struct<optimizer: string, lr: double")
 
 
 def test_manifest_rows_round_trip_and_other_schemas_are_refused():
-    member = Member("g0001-r0-o003", BlobRef("runs/r/x.arrow", "ab" * 32, 1 << 33), float("inf"), "offspring", 1,
-                    ("init-000", "init-002"), True, HParams("adam", 1e-3, 0.0, 0.0, 0.9, 0.999, 32))
+    member = Member(
+        "g0001-r0-o003",
+        BlobRef("runs/r/x.arrow", "ab" * 32, 1 << 33),
+        float("inf"),
+        "offspring",
+        1,
+        ("init-000", "init-002"),
+        True,
+        HParams("adam", 1e-3, 0.0, 0.0, 0.9, 0.999, 32),
+    )
     data = to_parquet([member, Member("init-001", member.checkpoint, 0.5, "parent", 0, (), False, None)], Member)
     assert rows(data, Member)[0] == member and rows(data, Member)[1].hparams is None
     with pytest.raises(SchemaError, match="schema b'manifest/2', expected b'history/1'"):

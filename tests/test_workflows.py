@@ -26,7 +26,9 @@ from esgd.workflows.settings import ClusterSettings, load_settings, parse_settin
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
-ARGO_SCHEMA = ROOT / "tests" / "argo" / "workflow-v4.1.2.schema.json"  # Argo's own schema, vendored (tests/argo/README.md)
+ARGO_SCHEMA = (
+    ROOT / "tests" / "argo" / "workflow-v4.1.2.schema.json"
+)  # Argo's own schema, vendored (tests/argo/README.md)
 REGEN = os.environ.get("ESGD_REGEN_GOLDEN") == "1"
 STORE = "s3://esgd-bucket/runs-prefix"
 RUN_ID = "golden-run"
@@ -60,7 +62,7 @@ def substituted(workflow: dict) -> list[tuple[str, list[str], list[str]]]:
         declared = [p["name"] for p in templates[task["template"]].get("inputs", {}).get("parameters", [])]
         assert sorted(declared) == sorted(inputs)
 
-        def fill(arg: str) -> str:
+        def fill(arg: str, inputs: dict = inputs) -> str:
             arg = re.sub(r"\{\{workflow\.parameters\.([\w-]+)\}\}", lambda mm: params[mm.group(1)], arg)
             return re.sub(r"\{\{inputs\.parameters\.([\w-]+)\}\}", lambda mm: inputs[mm.group(1)], arg)
 
@@ -94,7 +96,9 @@ def test_golden_yaml(case):
         if not REGEN:
             pytest.fail(f"{path.name} is missing: run ESGD_REGEN_GOLDEN=1 pytest {Path(__file__).name}")
         path.write_text(text)
-    assert text == path.read_text(), f"{path.name} changed: review, then ESGD_REGEN_GOLDEN=1 pytest {Path(__file__).name}"
+    assert text == path.read_text(), (
+        f"{path.name} changed: review, then ESGD_REGEN_GOLDEN=1 pytest {Path(__file__).name}"
+    )
     check(yaml.safe_load(text))
 
 
@@ -115,7 +119,14 @@ SPEC_VARIANTS = [
 ]
 SETTINGS_VARIANTS = [
     {},
-    {"pack": 3, "shard": 1, "gpu": {"gpus": 0}, "podGcStrategy": None, "ttlAfterSuccess": None, "ttlAfterFailure": None},
+    {
+        "pack": 3,
+        "shard": 1,
+        "gpu": {"gpus": 0},
+        "podGcStrategy": None,
+        "ttlAfterSuccess": None,
+        "ttlAfterFailure": None,
+    },
     {"pack": 100, "shard": 100, "gpu": {"gpus": 2, "runtimeClassName": "nvidia"}, "gpuResource": "amd.com/gpu"},
 ]
 
@@ -141,7 +152,7 @@ def test_dag_runs_exactly_the_plan(overrides, raw):
         expected, previous, i = [], [], 0
         for stage in phase.stages:
             names_now = [t[0] for t in tasks[i : i + len(stage)]]
-            for step, (name, argv, deps) in zip(stage, tasks[i : i + len(stage)]):
+            for step, (name, _, deps) in zip(stage, tasks[i : i + len(stage)]):
                 expected.append(["esgd-worker", *step.argv(RUN_URI)])
                 assert sorted(deps) == sorted(previous), name
             previous, i = names_now, i + len(stage)
@@ -186,7 +197,9 @@ def test_pods_follow_the_settings():
         assert container["imagePullPolicy"] == "Always"
         assert container["envFrom"] == [{"secretRef": {"name": "esgd-s3"}}]
         assert container["securityContext"] == {
-            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
         }
         assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
@@ -329,4 +342,6 @@ def test_docs_list_every_setting():
     if REGEN:
         path.write_text(head + start + reference_markdown() + end + tail)
         block = reference_markdown()
-    assert block == reference_markdown(), "docs/kubernetes.md is stale: ESGD_REGEN_GOLDEN=1 pytest tests/test_workflows.py"
+    assert block == reference_markdown(), (
+        "docs/kubernetes.md is stale: ESGD_REGEN_GOLDEN=1 pytest tests/test_workflows.py"
+    )

@@ -25,7 +25,9 @@ class Implementation(Protocol):
         """The optimizer of one model."""
         ...
 
-    def update(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], hp: dict[str, torch.Tensor]) -> torch.Tensor:
+    def update(
+        self, p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], hp: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """New parameter rows from the rows `p` and their gradient `g`; updates its `state` rows in
         place. `hp`: a [k, 1] column per float field of HParams, plus `step` (steps taken so far,
         this one included, for bias corrections)."""
@@ -113,7 +115,9 @@ def implementation(name: str) -> Implementation:
     try:
         return IMPLEMENTATIONS[name]
     except KeyError:
-        raise ValueError(f"optimizer family {name!r} has no torch implementation (esgd.worker.optimizers.register)") from None
+        raise ValueError(
+            f"optimizer family {name!r} has no torch implementation (esgd.worker.optimizers.register)"
+        ) from None
 
 
 def make_optimizer(params, hp: HParams) -> torch.optim.Optimizer:

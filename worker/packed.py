@@ -27,12 +27,18 @@ from esgd.worker.optimizers import implementation
 from esgd.worker.task import Task
 from esgd.worker.train import TrainResult
 from esgd.worker.weights import stacked_state, to_checkpoints
-_BASES: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()  # template -> its stateless copy
+
+_BASES: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = (
+    weakref.WeakKeyDictionary()
+)  # template -> its stateless copy
 
 
 def _forward(base: torch.nn.Module, params: dict, buffers: dict, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
     """The stateless module on stacked parameters and buffers: vmap over functional_call."""
-    call = lambda p, b, xi: functional_call(base, (p, b), (xi,))  # noqa: E731
+
+    def call(p, b, xi):
+        return functional_call(base, (p, b), (xi,))
+
     return vmap(call, in_dims=(0, 0, None if shared else 0), randomness="different")(params, buffers, x)
 
 
@@ -59,19 +65,27 @@ class Pack:
         for name, p in template.named_parameters(remove_duplicate=False):
             source[first.setdefault(id(p), name)] = name
         names = list(source)
-        self.aliases = {name: first[id(p)] for name, p in template.named_parameters(remove_duplicate=False) if first[id(p)] != name}
-        expected = {name: t.shape for name, t in [*template.named_parameters(remove_duplicate=False), *template.named_buffers()]}
+        self.aliases = {
+            name: first[id(p)] for name, p in template.named_parameters(remove_duplicate=False) if first[id(p)] != name
+        }
+        expected = {
+            name: t.shape for name, t in [*template.named_parameters(remove_duplicate=False), *template.named_buffers()]
+        }
         missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
         wrong = [name for name in expected.keys() & state.keys() if state[name].shape[1:] != expected[name]]
         if missing or unexpected or wrong:
-            raise ValueError(f"the individuals do not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}, "
-                             f"wrong shape {sorted(wrong)}")
+            raise ValueError(
+                f"the individuals do not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}, "
+                f"wrong shape {sorted(wrong)}"
+            )
         dtypes = {state[source[name]].dtype for name in names}
         if len(dtypes) > 1:
             raise ValueError(f"packing needs one parameter dtype, found {sorted(map(str, dtypes))}")
         self.k = len(state[names[0]])
         self.shapes = {name: state[name].shape[1:] for name in names}
-        self.flat = torch.cat([state[source[name]].detach().reshape(self.k, -1) for name in names], dim=1).requires_grad_()
+        self.flat = torch.cat(
+            [state[source[name]].detach().reshape(self.k, -1) for name in names], dim=1
+        ).requires_grad_()
         self.buffers = {name: state[name] for name, _ in template.named_buffers()}
         self.state_names = list(template.state_dict())  # non-persistent buffers stay out of checkpoints
         self.param_names = {name for name, _ in template.named_parameters(remove_duplicate=False)}
@@ -230,10 +244,12 @@ def train_pack(
     results = [TrainResult(f, hp) for f, hp in zip(start_fitness, hps)]
     for epoch in range(epochs):
         saved = [t.detach().clone() for t in pack.tensors() + optimizer.tensors()]
-        orders = torch.stack([
-            torch.randperm(len(inputs), generator=torch.Generator().manual_seed(int_seed(*seed, "data", epoch)))
-            for seed in seeds
-        ]).to(device)
+        orders = torch.stack(
+            [
+                torch.randperm(len(inputs), generator=torch.Generator().manual_seed(int_seed(*seed, "data", epoch)))
+                for seed in seeds
+            ]
+        ).to(device)
         pack.base.train()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(int_seed(*seeds[0], "dropout", epoch))
@@ -241,8 +257,11 @@ def train_pack(
                 index = orders[:, start : start + batch_size]
                 optimizer.step(gradient(pack.flat, pack.buffers, inputs[index], targets[index]))
         values = pack_fitness(pack, task, fitness_data)
-        back = [i for i, (value, coin, result) in enumerate(zip(values, coins, results))
-                if result.end_epoch(value, coin.random(), p_backoff, halve_lr)]
+        back = [
+            i
+            for i, (value, coin, result) in enumerate(zip(values, coins, results))
+            if result.end_epoch(value, coin.random(), p_backoff, halve_lr)
+        ]
         if halve_lr:
             for i in back:
                 optimizer.hp["lr"][i] /= 2

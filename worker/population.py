@@ -8,9 +8,9 @@ import torch
 from esgd.core import keys
 from esgd.core.errors import InputError
 from esgd.core.records import FitnessRecord, InitRecord, Member, OffspringRecord, TrainRecord
+from esgd.core.rng import int_seed
 from esgd.core.selection import rank
 from esgd.core.tables import rows
-from esgd.core.rng import int_seed
 from esgd.store import checkpoint
 from esgd.store.base import NotFound, StoreError, attempt_id
 from esgd.store.uri import read_uri
@@ -89,8 +89,10 @@ def trained(run: Run, generation: int) -> tuple[list[Member], list[TrainRecord]]
             raise StoreError(f"member {member.member} of generation {generation} is not trained yet") from None
 
     records = run.transfers.each(record, parents)
-    members = [replace(m, checkpoint=r.checkpoint, fitness=r.fitness, role="parent", hparams=r.hparams)
-               for m, r in zip(parents, records)]
+    members = [
+        replace(m, checkpoint=r.checkpoint, fitness=r.fitness, role="parent", hparams=r.hparams)
+        for m, r in zip(parents, records)
+    ]
     return members, records
 
 
@@ -112,10 +114,26 @@ def offspring(run: Run, generation: int, rnd: int) -> list[tuple[Member, float |
             fit = run.store.read(keys.fitness_record(run.id, generation, rnd, child), FitnessRecord)
         except NotFound:
             raise StoreError(f"offspring {child} is not evaluated yet: run evolve and evaluate first") from None
-        return Member(child, made.checkpoint, fit.fitness, "offspring", generation, made.parents, False, None), made.sigma
+        return Member(
+            child, made.checkpoint, fit.fitness, "offspring", generation, made.parents, False, None
+        ), made.sigma
 
     out = run.transfers.each(born, range(run.spec.population.offspring))
     ref = reference(run) if rnd == 0 else None  # once per generation, in its first round
     if ref is not None:
-        out.append((Member(keys.reference_id(generation, rnd), ref.checkpoint, ref.fitness, "reference", generation, (), False, None), None))
+        out.append(
+            (
+                Member(
+                    keys.reference_id(generation, rnd),
+                    ref.checkpoint,
+                    ref.fitness,
+                    "reference",
+                    generation,
+                    (),
+                    False,
+                    None,
+                ),
+                None,
+            )
+        )
     return out

@@ -22,9 +22,13 @@ def preflight(spec: RunSpec, device: str | None = None) -> None:
         with torch.no_grad():
             task.model().eval()(task.train[0][:2])
     except Exception as error:  # noqa: BLE001 - any failure here is the task's, reported as one line
-        raise TaskError(f"task: the model of {spec.task} fails on two training examples: {type(error).__name__}: {error}") from None
-    for field, path in (("population.init.checkpoint", spec.population.init.checkpoint),
-                        ("reference.checkpoint", spec.reference.checkpoint)):
+        raise TaskError(
+            f"task: the model of {spec.task} fails on two training examples: {type(error).__name__}: {error}"
+        ) from None
+    for field, path in (
+        ("population.init.checkpoint", spec.population.init.checkpoint),
+        ("reference.checkpoint", spec.reference.checkpoint),
+    ):
         if path:
             try:
                 data = read_uri(path)
@@ -33,5 +37,7 @@ def preflight(spec: RunSpec, device: str | None = None) -> None:
             try:
                 load_into(task.model(), *checkpoint.decode(data))
             except Exception as error:  # noqa: BLE001 - not an ESGD checkpoint, or another architecture
-                raise SpecError(f"{field}: {path} is not a checkpoint of this task's model ({type(error).__name__}: "
-                                f"{str(error).splitlines()[0][:200]})") from None
+                raise SpecError(
+                    f"{field}: {path} is not a checkpoint of this task's model ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0][:200]})"
+                ) from None

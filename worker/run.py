@@ -17,7 +17,6 @@ from esgd.worker.task import Task, load_task
 from esgd.worker.transfers import Transfers
 from esgd.worker.weights import load_into, to_checkpoint
 
-
 MAX_AUTO_PACK = 64
 
 
@@ -109,8 +108,10 @@ class Run:
             pack.checkpoints()
             return True
         except Exception as error:  # noqa: BLE001 - any failure means: train one at a time
-            print(f"esgd: this model cannot be packed ({type(error).__name__}: {error}); training one at a time",
-                  file=sys.stderr)
+            print(
+                f"esgd: this model cannot be packed ({type(error).__name__}: {error}); training one at a time",
+                file=sys.stderr,
+            )
             return False
 
     def seed(self, generation: int, member: str) -> tuple:

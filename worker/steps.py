@@ -68,7 +68,9 @@ def init(run: Run) -> None:
 # The SGD step -----------------------------------------------------------------------------------
 
 
-def _train_members(run: Run, members: list[Member], slots: range, hp_of, epochs: int, generation: int, record_key) -> None:
+def _train_members(
+    run: Run, members: list[Member], slots: range, hp_of, epochs: int, generation: int, record_key
+) -> None:
     """Train the given population slots, in packs where the spec and the model allow it, and
     commit one record per individual. Packs are formed from the whole slot range, committed or
     not, and a pack with any uncommitted member is trained whole: a step that died between two
@@ -80,7 +82,9 @@ def _train_members(run: Run, members: list[Member], slots: range, hp_of, epochs:
         try:
             for group in pack_groups([hp.batch_size for hp in hps], size):
                 if not all(run.transfers.each(run.store.exists, [record_key(members[i].member) for i in group])):
-                    _train_pack(run, [members[i] for i in group], [hps[i] for i in group], epochs, generation, record_key)
+                    _train_pack(
+                        run, [members[i] for i in group], [hps[i] for i in group], epochs, generation, record_key
+                    )
             return
         except torch.cuda.OutOfMemoryError:
             if size == 1:
@@ -89,13 +93,21 @@ def _train_members(run: Run, members: list[Member], slots: range, hp_of, epochs:
             torch.cuda.empty_cache()
 
 
-def _train_pack(run: Run, members: list[Member], hps: list[hparams.HParams], epochs: int, generation: int, record_key) -> None:
+def _train_pack(
+    run: Run, members: list[Member], hps: list[hparams.HParams], epochs: int, generation: int, record_key
+) -> None:
     spec = run.spec
-    order = sorted(range(len(members)), key=lambda i: hps[i].optimizer)  # each family's rows side by side: PackedOptimizer
+    order = sorted(
+        range(len(members)), key=lambda i: hps[i].optimizer
+    )  # each family's rows side by side: PackedOptimizer
     members, hps = [members[i] for i in order], [hps[i] for i in order]
     common = dict(
-        task=run.task, train_data=run.train_data, fitness_data=run.fitness_data, epochs=epochs,
-        p_backoff=1.0 if spec.mode == "single" else spec.sgd.backoff, halve_lr=spec.mode == "single",
+        task=run.task,
+        train_data=run.train_data,
+        fitness_data=run.fitness_data,
+        epochs=epochs,
+        p_backoff=1.0 if spec.mode == "single" else spec.sgd.backoff,
+        halve_lr=spec.mode == "single",
     )
     seeds = [run.seed(generation, m.member) for m in members]
     if len(members) == 1:
@@ -104,17 +116,33 @@ def _train_pack(run: Run, members: list[Member], hps: list[hparams.HParams], epo
         trained = [to_checkpoint(model)]
     else:
         pack = run.load_pack([m.checkpoint for m in members])
-        results = train_pack(pack, hps=hps, start_fitness=[m.fitness for m in members], seeds=seeds,
-                             bf16=spec.pack.bf16, compiled=spec.pack.compile, **common)
+        results = train_pack(
+            pack,
+            hps=hps,
+            start_fitness=[m.fitness for m in members],
+            seeds=seeds,
+            bf16=spec.pack.bf16,
+            compiled=spec.pack.compile,
+            **common,
+        )
         trained = pack.checkpoints()
 
     def commit(member: Member, weights: tuple, result) -> None:  # the checkpoint, then the record naming it
         key = record_key(member.member)
         ref = run.save_checkpoint(keys.checkpoint(key, attempt_id()), *weights)
-        run.store.commit(key, TrainRecord(
-            member.member, ref, result.fitness, member.fitness, result.hparams, result.backoffs, epochs,
-            tuple(result.epoch_fitness),
-        ))
+        run.store.commit(
+            key,
+            TrainRecord(
+                member.member,
+                ref,
+                result.fitness,
+                member.fitness,
+                result.hparams,
+                result.backoffs,
+                epochs,
+                tuple(result.epoch_fitness),
+            ),
+        )
 
     run.transfers.each(lambda item: commit(*item), zip(members, trained, results))
 
@@ -123,9 +151,13 @@ def train(run: Run, generation: int, members: tuple[int, int] | None = None) -> 
     """Train population slots [a, b) of `generation` for Ks epochs each, with back-off."""
     parents = population.manifest(run, keys.parents(run.id, generation))
     _train_members(
-        run, parents, population.slots(parents, members),
+        run,
+        parents,
+        population.slots(parents, members),
         lambda m: hparams.for_generation(run.spec, generation, m.member, m.hparams),
-        run.spec.sgd.epochs, generation, lambda member: keys.train_record(run.id, generation, member),
+        run.spec.sgd.epochs,
+        generation,
+        lambda member: keys.train_record(run.id, generation, member),
     )
 
 
@@ -206,11 +238,17 @@ def select(run: Run, generation: int, rnd: int) -> None:
         losses = np.array([c.fitness for c in candidates])
         choose = SURVIVORS[spec.evolution.survivors]
         elite, others = choose(generator(spec.seed, generation, "select", "select", rnd), losses, spec.mu, spec.m)
-        survivors = [replace(candidates[i], elite=True) for i in elite] + [replace(candidates[i], elite=False) for i in others]
+        survivors = [replace(candidates[i], elite=True) for i in elite] + [
+            replace(candidates[i], elite=False) for i in others
+        ]
     else:
         survivors = population.mark_elite(pool, spec.m)
     if last:
-        births = [born if r == rnd else population.offspring(run, generation, r) for r in range(rounds(spec))] if spec.evolves else []
+        births = (
+            [born if r == rnd else population.offspring(run, generation, r) for r in range(rounds(spec))]
+            if spec.evolves
+            else []
+        )
         as_begun = population.manifest(run, keys.parents(run.id, generation))
         history.write_part(run, generation, history.generation_rows(generation, as_begun, records, births, survivors))
     run.store.put_if_absent(out_key, to_parquet(survivors, Member))
@@ -226,8 +264,13 @@ def finetune(run: Run, members: tuple[int, int] | None = None) -> None:
     spec = run.spec
     final = population.manifest(run, keys.parents(run.id, spec.generations))
     _train_members(
-        run, final, population.slots(final, members), lambda m: hparams.fixed(spec.finetune),
-        spec.finetune.epochs, spec.generations, lambda member: keys.final_record(run.id, member),
+        run,
+        final,
+        population.slots(final, members),
+        lambda m: hparams.fixed(spec.finetune),
+        spec.finetune.epochs,
+        spec.generations,
+        lambda member: keys.final_record(run.id, member),
     )
 
 
@@ -239,14 +282,26 @@ def finish(run: Run) -> None:
         members = population.manifest(run, keys.parents(run.id, spec.generations))
         if spec.finetune.epochs > 0:
             records = [run.store.read(keys.final_record(run.id, m.member), TrainRecord) for m in members]
-            members = population.mark_elite([
-                replace(m, checkpoint=r.checkpoint, fitness=r.fitness, hparams=r.hparams) for m, r in zip(members, records)
-            ], spec.m)
-            history.write_part(run, spec.generations, [
-                history.trained_row(spec.generations, "finetune", m.parents, r, m.elite, True) for m, r in zip(members, records)
-            ])
+            members = population.mark_elite(
+                [
+                    replace(m, checkpoint=r.checkpoint, fitness=r.fitness, hparams=r.hparams)
+                    for m, r in zip(members, records)
+                ],
+                spec.m,
+            )
+            history.write_part(
+                run,
+                spec.generations,
+                [
+                    history.trained_row(spec.generations, "finetune", m.parents, r, m.elite, True)
+                    for m, r in zip(members, records)
+                ],
+            )
         best = min(members, key=lambda m: m.fitness)
         value = metric(run.load_model(best.checkpoint), run.task, run.fitness_data, best.fitness)
-        run.store.commit(keys.final_summary(run.id), FinalSummary(best.member, best.fitness, best.checkpoint, run.task.metric_name, value))
+        run.store.commit(
+            keys.final_summary(run.id),
+            FinalSummary(best.member, best.fitness, best.checkpoint, run.task.metric_name, value),
+        )
         run.store.put_if_absent(key, to_parquet(members, Member))
     history.rebuild(run)

@@ -6,9 +6,9 @@ docs/tasks.md.
 
 import importlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

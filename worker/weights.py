@@ -21,19 +21,36 @@ def to_checkpoints(state: dict[str, torch.Tensor], params: set[str]) -> list[tup
     vector_dtype = "float64" if any(t.dtype == torch.float64 for t in floats.values()) else "float32"
     entries, offset = [], 0
     for name, tensor in floats.items():
-        entry = Entry(name, list(tensor.shape[1:]), _dtype_name(tensor.dtype), "param" if name in params else "buffer", offset)
+        entry = Entry(
+            name, list(tensor.shape[1:]), _dtype_name(tensor.dtype), "param" if name in params else "buffer", offset
+        )
         entries.append(entry)
         offset += entry.numel
     if floats:  # one host copy for the whole pack
-        matrix = torch.cat([t.detach().reshape(k, -1).to(getattr(torch, vector_dtype)) for t in floats.values()], dim=1).cpu().numpy()
+        matrix = (
+            torch.cat([t.detach().reshape(k, -1).to(getattr(torch, vector_dtype)) for t in floats.values()], dim=1)
+            .cpu()
+            .numpy()
+        )
     else:
         matrix = np.zeros((k, 0), dtype=vector_dtype)
     ints = {name: t.detach().cpu() for name, t in state.items() if not t.is_floating_point()}
     return [
-        (Layout(entries, {
-            name: {"shape": list(t.shape[1:]), "dtype": _dtype_name(t.dtype), "values": t[i].reshape(-1).tolist()}
-            for name, t in ints.items()
-        }, vector_dtype), matrix[i])
+        (
+            Layout(
+                entries,
+                {
+                    name: {
+                        "shape": list(t.shape[1:]),
+                        "dtype": _dtype_name(t.dtype),
+                        "values": t[i].reshape(-1).tolist(),
+                    }
+                    for name, t in ints.items()
+                },
+                vector_dtype,
+            ),
+            matrix[i],
+        )
         for i in range(k)
     ]
 
@@ -43,7 +60,9 @@ def to_checkpoint(model: torch.nn.Module) -> tuple[Layout, np.ndarray]:
     return to_checkpoints({name: t.unsqueeze(0) for name, t in model.state_dict().items()}, params)[0]
 
 
-def stacked_state(checkpoints: list[tuple[Layout, np.ndarray]], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def stacked_state(
+    checkpoints: list[tuple[Layout, np.ndarray]], device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
     """The stacked state dict ([k, ...] tensors on `device`) of k checkpoints of one architecture."""
     layout = checkpoints[0][0]
     for other, _ in checkpoints[1:]:

@@ -18,6 +18,11 @@ from esgd.workflows.settings import ClusterSettings
 RUN_PARAMETER = "run"
 
 
+def parameter(scope: str, name: str) -> str:
+    """An Argo parameter reference, `{{workflow.parameters.run}}` or `{{inputs.parameters.gen}}`."""
+    return "{{" + f"{scope}.parameters.{name}" + "}}"
+
+
 def task_name(step: Step) -> str:
     parts = [step.command]
     if step.round is not None:
@@ -31,24 +36,31 @@ def task_name(step: Step) -> str:
 def template_args(step: Step) -> list[str]:
     """Step.argv with Argo parameters in place of the values: the run URI, then each option with
     its value taken from the task's input parameter of the same name."""
-    return step.argv("{{workflow.parameters.%s}}" % RUN_PARAMETER, {name: "{{inputs.parameters.%s}}" % name for name in step.options()})
+    return step.argv(parameter("workflow", RUN_PARAMETER), {name: parameter("inputs", name) for name in step.options()})
 
 
 def run_labels(settings: ClusterSettings, run_id: str, component: str, **extra: str) -> dict[str, str]:
     return {
-        **settings.labels, "app.kubernetes.io/name": "esgd", "app.kubernetes.io/component": component,
-        "esgd.io/run": names.label_value(run_id), **extra,
+        **settings.labels,
+        "app.kubernetes.io/name": "esgd",
+        "app.kubernetes.io/component": component,
+        "esgd.io/run": names.label_value(run_id),
+        **extra,
     }
 
 
-def phase_workflow(phase: Phase, settings: ClusterSettings, run_uri: str | None, run_id: str, attempt: int = 0) -> Workflow:
+def phase_workflow(
+    phase: Phase, settings: ClusterSettings, run_uri: str | None, run_id: str, attempt: int = 0
+) -> Workflow:
     """Attempt `attempt` of the phase's Workflow. Without a run URI the `run` parameter has no
     value: `argo submit -p run=URI` supplies it."""
     labels = run_labels(settings, run_id, "generation", **{"esgd.io/phase": phase.tag, "esgd.io/attempt": str(attempt)})
     with Workflow(
         name=names.workflow_name(run_id, phase.tag, attempt),
         entrypoint="main",
-        arguments=[Parameter(name=RUN_PARAMETER, value=run_uri) if run_uri else Parameter(name=RUN_PARAMETER)],  # value=None is "null"
+        arguments=[
+            Parameter(name=RUN_PARAMETER, value=run_uri) if run_uri else Parameter(name=RUN_PARAMETER)
+        ],  # value=None is "null"
         active_deadline_seconds=settings.active_deadline_seconds,
         parallelism=settings.parallelism,
         **workflow_options(settings, labels, settings.service_account_name),

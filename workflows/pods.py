@@ -14,14 +14,19 @@ TMP = "tmp"  # emptyDir mounted at /tmp: the only writable path (read-only root 
 def pod_security_context() -> m.PodSecurityContext:
     """Pod Security Standard "restricted": non-root, RuntimeDefault seccomp."""
     return m.PodSecurityContext(
-        run_as_non_root=True, run_as_user=USER_ID, run_as_group=USER_ID, fs_group=USER_ID,
+        run_as_non_root=True,
+        run_as_user=USER_ID,
+        run_as_group=USER_ID,
+        fs_group=USER_ID,
         seccomp_profile=m.SeccompProfile(type="RuntimeDefault"),
     )
 
 
 def container_security_context() -> m.SecurityContext:
     return m.SecurityContext(
-        allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
+        allow_privilege_escalation=False,
+        read_only_root_filesystem=True,
+        run_as_non_root=True,
         capabilities=m.Capabilities(drop=["ALL"]),
     )
 
@@ -74,7 +79,9 @@ def workflow_options(settings: ClusterSettings, labels: dict[str, str], service_
     """Keyword arguments of a Hera Workflow: metadata, pod defaults, lifetime."""
     ttl = None
     if settings.ttl_after_success is not None or settings.ttl_after_failure is not None:
-        ttl = m.TTLStrategy(seconds_after_success=settings.ttl_after_success, seconds_after_failure=settings.ttl_after_failure)
+        ttl = m.TTLStrategy(
+            seconds_after_success=settings.ttl_after_success, seconds_after_failure=settings.ttl_after_failure
+        )
     return dict(
         namespace=settings.namespace,
         labels=labels,
@@ -83,6 +90,8 @@ def workflow_options(settings: ClusterSettings, labels: dict[str, str], service_
         image_pull_secrets=[m.LocalObjectReference(name=n) for n in settings.image_pull_secrets] or None,
         security_context=pod_security_context(),
         volumes=[m.Volume(name=TMP, empty_dir=m.EmptyDirVolumeSource())],
-        pod_gc=m.PodGC(strategy=settings.pod_gc_strategy, delete_delay_duration=settings.pod_gc_delay) if settings.pod_gc_strategy else None,
+        pod_gc=m.PodGC(strategy=settings.pod_gc_strategy, delete_delay_duration=settings.pod_gc_delay)
+        if settings.pod_gc_strategy
+        else None,
         ttl_strategy=ttl,
     )

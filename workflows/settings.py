@@ -153,7 +153,9 @@ class ClusterSettings(_Model):
     """Longest run time of one generation's Workflow; past it the Workflow fails (and may be retried)."""
     parallelism: int | None = Field(default=None, ge=1)
     """Most pods of one Workflow running at once; omitted: no limit."""
-    pod_gc_strategy: Literal["OnPodCompletion", "OnPodSuccess", "OnWorkflowCompletion", "OnWorkflowSuccess"] | None = "OnPodSuccess"
+    pod_gc_strategy: Literal["OnPodCompletion", "OnPodSuccess", "OnWorkflowCompletion", "OnWorkflowSuccess"] | None = (
+        "OnPodSuccess"
+    )
     """When finished pods are deleted (omitted: never); failed pods are kept for their logs by OnPodSuccess."""
     pod_gc_delay: str | None = "10m"
     """How long finished pods are kept before pod GC deletes them (Argo duration)."""

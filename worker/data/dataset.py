@@ -16,8 +16,8 @@ Parquet, the manifest is JSON.
 
 import io
 import json
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +39,9 @@ def _store(uri: str):
 
 
 def _missing(uri: str) -> FileNotFoundError:
-    return FileNotFoundError(2, "No such file", f"{uri.rstrip('/')}/{MANIFEST} (import the data with `esgd data import`)")
+    return FileNotFoundError(
+        2, "No such file", f"{uri.rstrip('/')}/{MANIFEST} (import the data with `esgd data import`)"
+    )
 
 
 def manifest(uri: str, kind: str) -> dict:
@@ -77,7 +79,9 @@ def runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.diff(np.append(starts, len(values)))
 
 
-def write(store_uri: str, name: str, kind: str, splits: dict[str, Iterable[pa.Table]], meta: dict | None = None) -> tuple[str, dict]:
+def write(
+    store_uri: str, name: str, kind: str, splits: dict[str, Iterable[pa.Table]], meta: dict | None = None
+) -> tuple[str, dict]:
     """Write the tables of each split as shards under `<store>/data/<name>`; returns (dataset URI,
     manifest). Each table given becomes one shard."""
     root = f"{open_store(store_uri).uri.rstrip('/')}/data/{name}"

@@ -22,8 +22,8 @@ import io
 import pickle
 import re
 import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -117,7 +117,11 @@ def load_batch(data: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
     images, labels = raw.get("data"), raw.get("labels")
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072:
         raise DataError(f"{what}: 'data' is not a uint8 array of shape [N, 3072]")
-    if not isinstance(labels, list) or len(labels) != len(images) or not all(isinstance(v, int) and 0 <= v < 10 for v in labels):
+    if (
+        not isinstance(labels, list)
+        or len(labels) != len(images)
+        or not all(isinstance(v, int) and 0 <= v < 10 for v in labels)
+    ):
         raise DataError(f"{what}: 'labels' is not a list of {len(images)} labels in 0..9")
     return images, np.asarray(labels, dtype=np.int64)
 
@@ -131,11 +135,15 @@ def _cifar_files(path: Path) -> dict[str, Callable[[], bytes]]:
         except tarfile.TarError as error:
             raise DataError(f"{path}: not a tar archive ({error})") from None
         members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile() and Path(m.name).name in names}
-        return {name: (lambda m=m: _bounded(m.size, m.name, archive.extractfile(m).read)) for name, m in members.items()}
+        return {
+            name: (lambda m=m: _bounded(m.size, m.name, archive.extractfile(m).read)) for name, m in members.items()
+        }
     for folder in (path, path / "cifar-10-batches-py"):
         found = {name: folder / name for name in names if (folder / name).is_file()}
         if found:
-            return {name: (lambda f=file: _bounded(f.stat().st_size, str(f), f.read_bytes)) for name, file in found.items()}
+            return {
+                name: (lambda f=file: _bounded(f.stat().st_size, str(f), f.read_bytes)) for name, file in found.items()
+            }
     return {}
 
 
@@ -155,7 +163,9 @@ def import_cifar10(path: Path, store: str, name: str) -> tuple[str, dict]:
     files = _cifar_files(path)
     train = sorted(n for n in files if n.startswith("data_batch_"))
     if not train:
-        raise DataError(f"{path}: no data_batch_1..5 found (expected cifar-10-python.tar.gz or its folder cifar-10-batches-py)")
+        raise DataError(
+            f"{path}: no data_batch_1..5 found (expected cifar-10-python.tar.gz or its folder cifar-10-batches-py)"
+        )
 
     def tables(names: list[str]) -> Iterator[pa.Table]:
         for batch in names:
@@ -169,6 +179,7 @@ def import_cifar10(path: Path, store: str, name: str) -> tuple[str, dict]:
 
 
 # Speech frames -----------------------------------------------------------------------------------
+
 
 def _speech_source(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None:
     """(utterances, features [N, D], labels, frames or None) of a split, or None if absent."""
@@ -202,14 +213,22 @@ def _speech_source(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.n
     dims = int(lengths[0]) if len(lengths) else 0
     x = pc.list_flatten(table.column("features")).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dims)
     frames = table.column("frame").to_numpy() if "frame" in table.column_names else None
-    return (table.column("utterance").to_numpy(zero_copy_only=False), x,
-            table.column("label").to_numpy(zero_copy_only=False), frames)
+    return (
+        table.column("utterance").to_numpy(zero_copy_only=False),
+        x,
+        table.column("label").to_numpy(zero_copy_only=False),
+        frames,
+    )
 
 
-def speech_tables(utt: np.ndarray, x: np.ndarray, y: np.ndarray, frames: np.ndarray | None, rows: int) -> Iterator[pa.Table]:
+def speech_tables(
+    utt: np.ndarray, x: np.ndarray, y: np.ndarray, frames: np.ndarray | None, rows: int
+) -> Iterator[pa.Table]:
     """Shards with each utterance's frames contiguous and in order (utterances in order of first
     appearance, frames by `frame` if given, else in source order)."""
-    lengths = {"utterances": len(utt), "features": len(x), "labels": len(y)} | ({} if frames is None else {"frames": len(frames)})
+    lengths = {"utterances": len(utt), "features": len(x), "labels": len(y)} | (
+        {} if frames is None else {"frames": len(frames)}
+    )
     if len(set(lengths.values())) != 1 or not len(x):
         raise DataError(f"frames: every array needs the same number (> 0) of rows, got {lengths}")
     utt = np.asarray([str(u) for u in utt]) if utt.dtype.kind not in "US" else utt.astype(str)
@@ -224,12 +243,14 @@ def speech_tables(utt: np.ndarray, x: np.ndarray, y: np.ndarray, frames: np.ndar
     for begin in range(0, max(len(utt), 1), rows):
         part = slice(begin, begin + rows)
         feats = pa.FixedSizeListArray.from_arrays(pa.array(x[part].reshape(-1), pa.float32()), x.shape[1])
-        yield pa.table({
-            "utterance": pa.array(utt[part], pa.string()),
-            "frame": pa.array(frame_index[part], pa.int32()),
-            "features": feats,
-            "label": pa.array(y[part], pa.int32()),
-        })
+        yield pa.table(
+            {
+                "utterance": pa.array(utt[part], pa.string()),
+                "frame": pa.array(frame_index[part], pa.int32()),
+                "features": feats,
+                "label": pa.array(y[part], pa.int32()),
+            }
+        )
 
 
 def import_speech(path: Path, store: str, name: str, rows: int = 500_000) -> tuple[str, dict]:
@@ -247,6 +268,7 @@ def import_speech(path: Path, store: str, name: str, rows: int = 500_000) -> tup
 
 
 # PTB text ----------------------------------------------------------------------------------------
+
 
 def _ptb_file(path: Path, split: str) -> Path | None:
     for folder in (path, path / "data", path / "simple-examples" / "data"):

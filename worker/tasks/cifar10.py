@@ -15,8 +15,8 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from esgd.worker.task import Task
 from esgd.worker.data import dataset
+from esgd.worker.task import Task
 from esgd.worker.tasks.common import error_rate
 from esgd.worker.tasks.resnet import resnet
 
@@ -76,8 +76,14 @@ def model(depth: int, mean: list[float], std: list[float], augment: bool) -> nn.
     return nn.Sequential(CropFlip(4 if augment else 0), Normalize(mean, std), resnet(depth))
 
 
-def task(data: str, depth: int = 20, fitness: str = "train", augment: bool = True, train_limit: int | None = None,
-         eval_batch_size: int = 1000) -> Task:
+def task(
+    data: str,
+    depth: int = 20,
+    fitness: str = "train",
+    augment: bool = True,
+    train_limit: int | None = None,
+    eval_batch_size: int = 1000,
+) -> Task:
     """`data`: URI of the imported dataset (`<store>/data/cifar10`, local or s3://).
     `fitness`: "train" (the whole training set, as the paper does) or "test" (the 10,000 test
     images; needs test_batch in the import). `train_limit`: use only the first N training images."""

@@ -11,7 +11,11 @@ from esgd.worker.tasks.mlp import mlp
 
 
 def task(
-    hidden: int = 32, depth: int = 2, batchnorm: bool = False, fitness: str = "validation", split_seed: int = 0,
+    hidden: int = 32,
+    depth: int = 2,
+    batchnorm: bool = False,
+    fitness: str = "validation",
+    split_seed: int = 0,
     dtype: str = "float32",
 ) -> Task:
     """MLP on scikit-learn's digits; `fitness`: "validation" (held-out 30 %) or "train";

@@ -4,7 +4,9 @@ import torch
 from torch import nn
 
 
-def mlp(inputs: int, hidden: int, depth: int, outputs: int, batchnorm: bool = False, dtype: torch.dtype = torch.float32) -> nn.Module:
+def mlp(
+    inputs: int, hidden: int, depth: int, outputs: int, batchnorm: bool = False, dtype: torch.dtype = torch.float32
+) -> nn.Module:
     layers: list[nn.Module] = []
     width = inputs
     for _ in range(depth):

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esgd.worker.task import Task
 from esgd.worker.data import dataset
+from esgd.worker.task import Task
 
 KIND = "ptb"
 EOS, UNK = "<eos>", "<unk>"
@@ -84,8 +84,16 @@ def lines_of(data: str, split: str) -> list[str]:
     return [line for line in table.column("text").to_pylist() if line.strip()]
 
 
-def task(data: str, embed: int = 200, hidden: int = 200, bptt: int = 35, warmup: int = 0, dropout: float = 0.0,
-         fitness: str = "valid", eval_batch_size: int = 256) -> Task:
+def task(
+    data: str,
+    embed: int = 200,
+    hidden: int = 200,
+    bptt: int = 35,
+    warmup: int = 0,
+    dropout: float = 0.0,
+    fitness: str = "valid",
+    eval_batch_size: int = 256,
+) -> Task:
     """`data`: URI of the imported dataset (`<store>/data/ptb`). `fitness`: the split whose loss is
     the fitness ("valid", or "test" if imported)."""
     if not 0 <= dropout < 1:

@@ -20,8 +20,8 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from esgd.worker.task import Task
 from esgd.worker.data import dataset
+from esgd.worker.task import Task
 from esgd.worker.tasks.common import error_rate
 
 KIND = "speech"
@@ -66,8 +66,14 @@ def splice(x: np.ndarray, start_of: np.ndarray, end_of: np.ndarray, context: int
     return out
 
 
-def task(data: str, hidden: int = 512, context: int = 5, classes: int | None = None, input_dtype: str = "float32",
-         eval_batch_size: int = 4096) -> Task:
+def task(
+    data: str,
+    hidden: int = 512,
+    context: int = 5,
+    classes: int | None = None,
+    input_dtype: str = "float32",
+    eval_batch_size: int = 4096,
+) -> Task:
     """`data`: URI of the imported dataset (`<store>/data/speech`). `context`: frames on each side
     (5: an 11-frame window). `classes`: output size (default: largest label + 1)."""
     if input_dtype not in ("float32", "float16"):

@@ -12,7 +12,9 @@ from esgd.worker.tasks.common import error_rate, split
 from esgd.worker.tasks.mlp import mlp
 
 
-def task(path: str, label: str = "label", hidden: int = 64, depth: int = 2, fitness: str = "validation", split_seed: int = 0) -> Task:
+def task(
+    path: str, label: str = "label", hidden: int = 64, depth: int = 2, fitness: str = "validation", split_seed: int = 0
+) -> Task:
     """MLP classifier; every column but `label` is a feature; labels are mapped to 0..C-1."""
     file = Path(path).expanduser()
     if not file.is_file():
@@ -26,4 +28,10 @@ def task(path: str, label: str = "label", hidden: int = 64, depth: int = 2, fitn
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
     train, fit = split(x, y, fitness, split_seed)
     classes = int(y.max()) + 1
-    return Task(model=partial(mlp, x.shape[1], hidden, depth, classes), train=train, fitness=fit, metric=error_rate, metric_name="error rate")
+    return Task(
+        model=partial(mlp, x.shape[1], hidden, depth, classes),
+        train=train,
+        fitness=fit,
+        metric=error_rate,
+        metric_name="error rate",
+    )

@@ -14,8 +14,14 @@ from esgd.worker.tasks.mlp import mlp
 DATASETS = ("breast_cancer", "wine", "iris")
 
 
-def task(dataset: str = "breast_cancer", hidden: int = 32, depth: int = 2, batchnorm: bool = False,
-         fitness: str = "validation", split_seed: int = 0) -> Task:
+def task(
+    dataset: str = "breast_cancer",
+    hidden: int = 32,
+    depth: int = 2,
+    batchnorm: bool = False,
+    fitness: str = "validation",
+    split_seed: int = 0,
+) -> Task:
     import sklearn.datasets
 
     if dataset not in DATASETS:
