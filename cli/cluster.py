@@ -122,7 +122,8 @@ def _cluster_check(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    """Add `compile`, `controller` and `cluster-check` to the `esgd` subcommands."""
+    """Add `compile`, `controller` and `cluster-check` to the `esgd` subcommands (declarations of
+    the same shape, `duplicates` pairs them: each is the command's documentation)."""
     comp = sub.add_parser(
         "compile",
         parents=[SETTINGS, CLUSTER_STORE, RUN_ID, SET],

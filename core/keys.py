@@ -16,6 +16,9 @@ runs/<run>/final/...                                   fine-tuning records and f
 
 RUNS = "runs"
 
+# One small function per key, the same shape on purpose (`duplicates` pairs them): each key's layout
+# is written once, here, and every reader and writer asks for it by name.
+
 
 def run(run_id: str) -> str:
     return f"{RUNS}/{run_id}"

@@ -34,6 +34,8 @@ class BlobRef:
 
 
 # Records (JSON) -------------------------------------------------------------------------------------
+# Each record type is declared in full, though they share a shape (`duplicates` pairs them): the
+# declaration is the stored format, read by people and by the validator, one class per format.
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,11 @@ def tiny(**extra) -> dict:
     return merge(TINY, extra)
 
 
+def small(**extra) -> dict:
+    """The tiny spec with 2 generations of one epoch at batch size 64: the storage and fault tests'."""
+    return tiny(**merge({"generations": 2, "sgd": {"epochs": 1, "batch_size": [64]}}, extra))
+
+
 def write_spec(path, data: dict) -> str:
     parse_spec(data)  # fail early in the test, not in the CLI
     path.write_text(yaml.safe_dump(data))

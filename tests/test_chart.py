@@ -14,7 +14,7 @@ import yaml
 
 from esgd.cli.main import parser as esgd_parser
 from esgd.core.spec import load_spec
-from esgd.workflows.settings import ClusterSettings, json_schema, parse_settings
+from esgd.workflows.settings import ClusterSettings, drop_none, json_schema, parse_settings
 
 CHART = Path(__file__).resolve().parents[1] / "charts" / "esgd"
 SCENARIOS = sorted(CHART.glob("ci/*-values.yaml"))
@@ -115,7 +115,7 @@ def test_values_mirror_every_setting_with_its_default():
     assert parse_settings(settings) == ClusterSettings()
     full = json.loads(ClusterSettings().model_dump_json(by_alias=True))
     assert key_paths(settings) == key_paths(full)  # every field is there, the null ones too
-    assert strip_none(settings) == strip_none(full)  # with the class's defaults
+    assert drop_none(settings) == drop_none(full)  # with the class's defaults
 
 
 def key_paths(node, prefix=""):
@@ -123,14 +123,6 @@ def key_paths(node, prefix=""):
     if not isinstance(node, dict):
         return set()
     return {p for k, v in node.items() for p in {prefix + k} | key_paths(v, prefix + k + ".")}
-
-
-def strip_none(node):
-    if isinstance(node, dict):
-        return {k: strip_none(v) for k, v in node.items() if v is not None}
-    if isinstance(node, list):
-        return [strip_none(v) for v in node]
-    return node
 
 
 def test_values_schema_settings_part_is_generated_from_the_settings_class():

@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 from conftest import TEST_BUCKET, use_server
-from helpers import execute
+from helpers import execute, small
 from seaweed import Seaweed, free_port, weed_binary
 
 from esgd.cli.main import main
@@ -30,15 +30,7 @@ from esgd.store.uri import open_store
 from esgd.worker import steps
 from esgd.worker.run import Run
 
-SPEC = {
-    "name": "faults",
-    "seed": 11,
-    "task": "esgd.worker.tasks.digits:task",
-    "task_args": {"hidden": 8},
-    "generations": 2,
-    "population": {"mu": 4, "offspring": 4},
-    "sgd": {"batch_size": [64]},
-}
+SPEC = small(name="faults", seed=11)
 RUN_ID = default_run_id(parse_spec(SPEC))
 ESGD = [sys.executable, "-c", "import sys; from esgd.cli.main import main; sys.exit(main())"]
 

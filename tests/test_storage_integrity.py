@@ -2,6 +2,7 @@
 reads it, with an error naming its key, and its bytes never reach a model or an offspring."""
 
 import pytest
+from helpers import small
 
 from esgd.cli.worker import main as worker_main
 from esgd.controller.runs import create_or_resume
@@ -16,15 +17,7 @@ from esgd.store.uri import open_store
 from esgd.worker import steps
 from esgd.worker.run import Run
 
-SPEC = {
-    "name": "integrity",
-    "seed": 3,
-    "task": "esgd.worker.tasks.digits:task",
-    "task_args": {"hidden": 8},
-    "generations": 2,
-    "population": {"mu": 4, "offspring": 4},
-    "sgd": {"batch_size": [64]},
-}
+SPEC = small(name="integrity", seed=3)
 
 
 def corrupt(data: bytes, how: str) -> bytes:

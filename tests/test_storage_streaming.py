@@ -8,6 +8,7 @@ import tracemalloc
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers import small
 from test_evolve import recombine
 
 from esgd.core import keys
@@ -31,15 +32,7 @@ MU, RHO = 4, 2
 PART_MB, CONCURRENCY = 5, 1  # S3: the smallest parts S3 takes, one in flight
 LAMBDA = 2
 
-SPEC = {
-    "name": "stream",
-    "seed": 5,
-    "task": "esgd.worker.tasks.digits:task",
-    "task_args": {"hidden": 8},
-    "generations": 2,
-    "population": {"mu": MU, "offspring": LAMBDA, "rho": RHO},
-    "sgd": {"batch_size": [64]},
-}
+SPEC = small(name="stream", seed=5, population={"mu": MU, "offspring": LAMBDA, "rho": RHO})
 
 
 def big_population(run: Run, values: int) -> None:

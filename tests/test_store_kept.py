@@ -5,6 +5,7 @@ Blobs that keep nothing (the default: pods) read and verify every time."""
 import hashlib
 
 import pytest
+from helpers import small
 
 from esgd.analysis.report import read_history
 from esgd.controller.driver import Driver
@@ -71,16 +72,7 @@ def test_the_budget_drops_the_oldest_and_skips_large_blobs(tmp_path):
 
 
 def test_the_in_process_engine_keeps_what_it_writes_and_the_history_does_not_change(tmp_path, monkeypatch):
-    spec = parse_spec(
-        {
-            "seed": 4,
-            "task": "esgd.worker.tasks.digits:task",
-            "task_args": {"hidden": 8},
-            "generations": 2,
-            "population": {"mu": 4, "offspring": 4},
-            "sgd": {"batch_size": [64]},
-        }
-    )
+    spec = parse_spec(small(seed=4))
     histories, checkpoint_reads = {}, {}
     for keep in (True, False):
         store, reads = open_store(str(tmp_path / str(keep))), []

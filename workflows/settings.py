@@ -213,7 +213,7 @@ def reference_markdown() -> str:
             if isinstance(value, BaseModel):
                 walk(value, f"{prefix}{key}.")
                 continue
-            shown = json.dumps(_drop_none(dumped[key])).replace("|", "\\|")
+            shown = json.dumps(drop_none(dumped[key])).replace("|", "\\|")
             text = " ".join((field.description or "").split()).replace("|", "\\|")
             rows.append(f"| `{prefix}{key}` | `{shown}` | {text} |")
 
@@ -221,9 +221,10 @@ def reference_markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
-def _drop_none(node):
+def drop_none(node):
+    """A copy of nested dicts and lists without the None values (as the settings file omits them)."""
     if isinstance(node, dict):
-        return {k: _drop_none(v) for k, v in node.items() if v is not None}
+        return {k: drop_none(v) for k, v in node.items() if v is not None}
     if isinstance(node, list):
-        return [_drop_none(v) for v in node]
+        return [drop_none(v) for v in node]
     return node
