@@ -10,6 +10,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
+from functools import cache
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -51,17 +52,24 @@ def _fields(cls) -> list[pa.Field]:
     return out
 
 
+@cache
 def schema(cls) -> pa.Schema:
     """The Parquet schema of a row type: a column per field (nested rows as structs, or as their
     own columns where the field says `flatten`), its SCHEMA name in the metadata."""
     return pa.schema(_fields(cls), metadata={SCHEMA_KEY: cls.SCHEMA.encode()})
 
 
+@cache
+def _flattened(cls) -> dict[str, tuple[str, ...]]:
+    """The fields of `cls` that become columns of their own: field -> the nested fields' names."""
+    hints = typing.get_type_hints(cls)
+    flat = [f.name for f in fields(cls) if f.metadata.get("flatten")]
+    return {name: tuple(x.name for x in fields(_inner(hints[name]))) for name in flat}
+
+
 def _flat(cls, row: dict) -> dict:
-    for f in fields(cls):
-        if f.metadata.get("flatten"):
-            nested = row.pop(f.name)
-            row.update(nested or dict.fromkeys(x.name for x in fields(_inner(typing.get_type_hints(cls)[f.name]))))
+    for name, columns in _flattened(cls).items():
+        row.update(row.pop(name) or dict.fromkeys(columns))
     return row
 
 

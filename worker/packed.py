@@ -131,8 +131,8 @@ def _compiler():
     code runs must not depend on what the process compiled before: shapes are dynamic from the
     first call (not static first, dynamic after the first change), torch may keep more variants of
     a function than its default 8 (batch sizes, last batches, pack sizes), and running out raises
-    instead of falling back to uncompiled code. (The optimizer update stays uncompiled: compiling
-    it gained about 10 % and cost a variant per optimizer family.)"""
+    instead of falling back to uncompiled code. (The optimizer update stays uncompiled: what
+    compiling it gained and cost is in docs/PERFORMANCE.md.)"""
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = 64
