@@ -1,7 +1,9 @@
 """The extension points of docs/architecture.md ("To add X, touch Y"), each used from this file alone,
-without touching the package: an optimizer family, a selection operator, an engine, a task."""
+without touching the package: an optimizer family, a selection operator, an engine, a task, a store
+backend."""
 
 import math
+import threading
 from functools import partial
 
 import numpy as np
@@ -10,13 +12,16 @@ import torch
 from helpers import execute, history, run_cli, start, tiny, write_spec
 
 from esgd.analysis.lineage import hp_text
+from esgd.analysis.report import read_history
 from esgd.controller.driver import Driver, PhaseFailed
+from esgd.controller.local import InProcess
 from esgd.controller.runs import create_or_resume
 from esgd.core import optimizers as families
 from esgd.core import selection
 from esgd.core.hparams import HParams
 from esgd.core.plan import Phase
 from esgd.core.spec import RunSpec, SpecError, parse_spec
+from esgd.store.base import NotFound, Store
 from esgd.store.run import RunRef
 from esgd.store.uri import open_store
 from esgd.worker import optimizers, steps
@@ -225,3 +230,53 @@ def test_a_task_of_your_own_runs_by_import_path(tmp_path, capsys):
     bad = write_spec(tmp_path / "bad.yaml", dict(data, task_args={"sizes": 3}))
     code, _, err = run_cli(capsys, "run", bad, "--store", str(tmp_path / "store"))
     assert code == 2 and "refused its task_args" in err
+
+
+# A store backend: objects in a dict, with the interface's atomic put_if_absent -------------------------
+
+
+class MemoryStore(Store):
+    """Every object in this process's memory (a backend needs these six methods; streaming reads and
+    writes have defaults)."""
+
+    uri = "memory://test"
+
+    def __init__(self):
+        self.objects: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+
+    def put(self, key: str, data: bytes) -> None:
+        self.objects[key] = bytes(data)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        with self.lock:
+            if key in self.objects:
+                return False
+            self.objects[key] = bytes(data)
+            return True
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.objects[key]
+        except KeyError:
+            raise NotFound(f"{self.uri}/{key} not found") from None
+
+    def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(k for k in self.objects if k.startswith(prefix.rstrip("/") + "/"))
+
+    def check_writable(self) -> None:
+        pass
+
+
+def test_a_new_store_backend_holds_a_whole_run(tmp_path):
+    data = tiny(generations=2, finetune={"epochs": 1})
+    reference = start(str(tmp_path), data, "reference")
+    execute(reference)
+    store = MemoryStore()
+    run, _ = create_or_resume(store, parse_spec(data), "in-memory")
+    Driver(run, InProcess("cpu"), log=lambda line: None).drive()
+    assert read_history(store, run.id) == history(reference.uri)
+    assert any(key.endswith(".arrow") for key in store.objects)  # the checkpoints went through it too

@@ -51,3 +51,19 @@ def test_spec_command_prints_the_resolved_spec(capsys, tmp_path):
     path.write_text("population: {mu: 3, elite: 2}\n")
     assert main(["spec", str(path)]) == 0
     assert load_spec(capsys.readouterr().out).population.mu == 3
+
+
+def test_hyper_parameters_and_families_are_named_alike_everywhere():
+    """HParams is the one definition: the spec's ranges and fixed optimizers use its names, every
+    family reads only its fields, and every family known to specs has a torch implementation."""
+    from dataclasses import fields
+
+    from esgd.core.hparams import DRAWN, FLOATS, HParams
+    from esgd.core.optimizers import FAMILIES
+    from esgd.core.spec import FixedOptimizer, OptimizerRange
+    from esgd.worker.optimizers import IMPLEMENTATIONS
+
+    assert DRAWN == tuple(OptimizerRange.model_fields) == FLOATS
+    assert set(FixedOptimizer.model_fields) == {f.name for f in fields(HParams)}
+    assert all(set(family.reads) <= set(FLOATS) for family in FAMILIES.values())
+    assert set(IMPLEMENTATIONS) == set(FAMILIES) == {"sgd", "nesterov", "adam", "adamw", "rmsprop"}
