@@ -19,8 +19,6 @@ class Family:
     """The hyper-parameters (fields of esgd.core.hparams.HParams) its update reads, besides the
     batch size: reports show these. Every family still gets every field drawn, so that a draw
     does not depend on the family."""
-    doc: str = ""
-    """One line for `esgd spec --schema` and the docs."""
 
 
 FAMILIES: dict[str, Family] = {}
@@ -50,10 +48,10 @@ def check_name(name: str) -> str:
 
 
 for _family in (
-    Family("sgd", ("lr", "momentum", "weight_decay"), "SGD with (heavy-ball) momentum"),
-    Family("nesterov", ("lr", "momentum", "weight_decay"), "SGD with Nesterov momentum"),
-    Family("adam", ("lr", "beta1", "beta2", "weight_decay"), "Adam (L2 weight decay)"),
-    Family("adamw", ("lr", "beta1", "beta2", "weight_decay"), "AdamW (decoupled weight decay)"),
-    Family("rmsprop", ("lr", "momentum", "weight_decay"), "RMSprop (alpha 0.99)"),
+    Family("sgd", ("lr", "momentum", "weight_decay")),  # SGD with (heavy-ball) momentum
+    Family("nesterov", ("lr", "momentum", "weight_decay")),  # SGD with Nesterov momentum
+    Family("adam", ("lr", "beta1", "beta2", "weight_decay")),  # Adam, L2 weight decay
+    Family("adamw", ("lr", "beta1", "beta2", "weight_decay")),  # AdamW, decoupled weight decay
+    Family("rmsprop", ("lr", "momentum", "weight_decay")),  # RMSprop, alpha 0.99
 ):
     register(_family)

@@ -12,6 +12,7 @@ import secrets
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
+
 from seaweed import Seaweed, weed_binary
 
 TEST_BUCKET = "esgd-tests"

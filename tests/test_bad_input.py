@@ -4,10 +4,11 @@ import datetime
 
 import pytest
 import yaml
-from helpers import tiny, write_spec
 
 from esgd.cli.main import main
 from esgd.store.uri import open_store
+
+from helpers import tiny, write_spec
 
 CASES = {
     "elite-above-mu": ({"population": {"mu": 4, "elite": 5}}, "population.elite"),

@@ -3,12 +3,12 @@ Fig. 1 and Fig. 2 with every mode, resuming, and bad input."""
 
 import json
 
-from helpers import history, tiny, write_spec
-
 from esgd.cli.main import main
 from esgd.core import keys
 from esgd.core.records import FinalSummary
 from esgd.store.uri import open_run
+
+from helpers import history, tiny, write_spec
 
 SPEC = tiny(
     generations=2, population={"mu": 3, "offspring": 3, "rho": 2, "elite": 2}, sgd={"epochs": 1, "batch_size": [64]}

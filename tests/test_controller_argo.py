@@ -13,7 +13,6 @@ import sys
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-from test_workflows import ARGO_SCHEMA
 
 from esgd.cli import worker as worker_cli
 from esgd.controller.argo import (
@@ -31,8 +30,10 @@ from esgd.core.spec import load_spec
 from esgd.store.run import RunRef
 from esgd.store.uri import open_store
 from esgd.workflows import names
-from esgd.workflows.check import hera_problems, schema_problems
+from esgd.workflows.check import hera_problems
 from esgd.workflows.settings import parse_settings
+
+from argo_schema import schema_problems
 
 NAMESPACE = "esgd"
 SPEC = """
@@ -170,7 +171,7 @@ def test_request_bodies_are_valid_argo_workflows(run):
         assert body["metadata"]["namespace"] == namespace == NAMESPACE
         assert body["apiVersion"] == "argoproj.io/v1alpha1" and body["kind"] == "Workflow"
         assert hera_problems(body) == []
-        assert schema_problems(body, ARGO_SCHEMA) == []
+        assert schema_problems(body) == []
 
 
 def test_a_failed_generation_is_submitted_again(run):

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-from helpers import all_steps, execute, history, run_cli, start, tiny, write_spec
 
 from esgd.controller.local import local_engine
 from esgd.core import keys
@@ -16,6 +15,8 @@ from esgd.store.uri import open_store, run_uri
 from esgd.worker import steps
 from esgd.worker.run import Run
 from esgd.worker.transfers import Transfers
+
+from helpers import all_steps, execute, history, run_cli, start, tiny, write_spec
 
 
 def test_end_to_end_run_and_report(store_uri, tmp_path, capsys):

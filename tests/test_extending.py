@@ -9,7 +9,6 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from helpers import execute, history, run_cli, start, tiny, write_spec
 
 from esgd.analysis.lineage import hp_text
 from esgd.analysis.report import read_history
@@ -30,6 +29,8 @@ from esgd.worker.run import Run
 from esgd.worker.task import Task
 from esgd.worker.tasks.mlp import mlp
 from esgd.worker.train import fitness, train
+
+from helpers import execute, history, run_cli, start, tiny, write_spec
 
 # An optimizer family: Lion (Chen et al. 2023), sign of an interpolated momentum -----------------------
 
@@ -69,7 +70,7 @@ class Lion:
 
 @pytest.fixture
 def lion():
-    optimizers.register(families.Family("lion", ("lr", "beta1", "beta2", "weight_decay"), "Lion"), Lion())
+    optimizers.register(families.Family("lion", ("lr", "beta1", "beta2", "weight_decay")), Lion())
     yield
     optimizers.unregister("lion")
 

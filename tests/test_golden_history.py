@@ -14,10 +14,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
-from helpers import run_cli
-from test_data_import import fake_cifar, fake_ptb, fake_speech
 
 from esgd.worker.data.imports import run_import
+
+from helpers import run_cli
+from test_data_import import fake_cifar, fake_ptb, fake_speech
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "histories.json"

@@ -10,9 +10,6 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import execute, history, tiny, write_spec
-from helpers import run_cli as cli
-from helpers import start as created
 
 from esgd.analysis.lineage import lineage
 from esgd.analysis.replay import replay
@@ -24,6 +21,10 @@ from esgd.store.uri import open_store
 from esgd.worker.run import Run
 from esgd.worker.train import fitness
 from esgd.worker.weights import load_into
+
+from helpers import execute, history, tiny, write_spec
+from helpers import run_cli as cli
+from helpers import start as created
 
 HP = ("optimizer", "lr", "momentum", "weight_decay", "beta1", "beta2", "batch_size")
 ONE_AT_A_TIME = {"pack": {"size": 1}}

@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-from helpers import execute, history, start
 
 from esgd.core.hparams import HParams
 from esgd.core.plan import pack_groups
@@ -13,6 +12,8 @@ from esgd.worker.task import Task
 from esgd.worker.tasks.mlp import mlp
 from esgd.worker.train import fitness, train
 from esgd.worker.weights import load_into, to_checkpoint
+
+from helpers import execute, history, start
 
 FAMILIES = ["sgd", "nesterov", "adam", "adamw", "rmsprop"]
 
@@ -140,9 +141,9 @@ class _Tied(torch.nn.Module):
 
 
 def test_tied_weights_pack_and_mutate():
-    from test_evolve import recombine
-
     from esgd.store import checkpoint
+
+    from test_evolve import recombine
 
     task = _task()
     task.model = _Tied

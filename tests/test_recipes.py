@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import history
-from test_data_import import fake_cifar, fake_ptb, fake_speech
 
 from esgd.cli.main import main
 from esgd.core import keys
@@ -18,6 +16,9 @@ from esgd.store.blobs import Blobs
 from esgd.store.uri import open_run, open_store
 from esgd.worker.data.imports import run_import
 from esgd.worker.tasks import resnet, toy
+
+from helpers import history
+from test_data_import import fake_cifar, fake_ptb, fake_speech
 
 TINY = Path(__file__).resolve().parents[1] / "examples" / "tiny"
 

@@ -12,9 +12,6 @@ import time
 
 import pytest
 import yaml
-from conftest import TEST_BUCKET, use_server
-from helpers import execute, small
-from seaweed import Seaweed, free_port, weed_binary
 
 from esgd.cli.main import main
 from esgd.controller.runs import create_or_resume, default_run_id
@@ -29,6 +26,10 @@ from esgd.store.s3 import S3Store
 from esgd.store.uri import open_store
 from esgd.worker import steps
 from esgd.worker.run import Run
+
+from conftest import TEST_BUCKET, use_server
+from helpers import execute, small
+from seaweed import Seaweed, free_port, weed_binary
 
 SPEC = small(name="faults", seed=11)
 RUN_ID = default_run_id(parse_spec(SPEC))

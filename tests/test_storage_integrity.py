@@ -2,7 +2,6 @@
 reads it, with an error naming its key, and its bytes never reach a model or an offspring."""
 
 import pytest
-from helpers import small
 
 from esgd.cli.worker import main as worker_main
 from esgd.controller.runs import create_or_resume
@@ -16,6 +15,8 @@ from esgd.store.base import IntegrityError, sha256
 from esgd.store.uri import open_store
 from esgd.worker import steps
 from esgd.worker.run import Run
+
+from helpers import small
 
 SPEC = small(name="integrity", seed=3)
 

@@ -9,8 +9,6 @@ from functools import partial
 
 import botocore.exceptions as bex
 import pytest
-from conftest import TEST_BUCKET
-from seaweed import free_port
 
 from esgd.core.records import BlobRef, FitnessRecord
 from esgd.store.base import NotFound, StoreError, sha256
@@ -18,6 +16,9 @@ from esgd.store.blobs import Blobs
 from esgd.store.s3 import S3Settings, S3Store
 from esgd.store.uri import open_store
 from esgd.worker.transfers import Transfers
+
+from conftest import TEST_BUCKET
+from seaweed import free_port
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ import tracemalloc
 import numpy as np
 import pyarrow as pa
 import pytest
-from helpers import small
-from test_evolve import recombine
 
 from esgd.core import keys
 from esgd.core.hparams import HParams
@@ -26,6 +24,9 @@ from esgd.worker import evolve as ops
 from esgd.worker import steps
 from esgd.worker.run import Run
 from esgd.worker.transfers import Transfers
+
+from helpers import small
+from test_evolve import recombine
 
 CHUNK = 1 << 16  # values per record batch: chunks of 256 KiB, so models are many chunks long
 MU, RHO = 4, 2

@@ -5,7 +5,6 @@ Blobs that keep nothing (the default: pods) read and verify every time."""
 import hashlib
 
 import pytest
-from helpers import small
 
 from esgd.analysis.report import read_history
 from esgd.controller.driver import Driver
@@ -16,6 +15,8 @@ from esgd.core.spec import parse_spec
 from esgd.store.base import IntegrityError
 from esgd.store.blobs import Blobs
 from esgd.store.uri import open_store
+
+from helpers import small
 
 BLOB = bytes(range(256)) * 64  # 16 KiB
 

@@ -19,16 +19,15 @@ from esgd.core import plan
 from esgd.core.plan import DEVICE_COMMANDS
 from esgd.core.spec import SpecError, load_spec
 from esgd.workflows import names
-from esgd.workflows.check import hera_problems, schema_problems
+from esgd.workflows.check import hera_problems
 from esgd.workflows.generation import phase_workflow
 from esgd.workflows.launcher import SETTINGS_PATH, SPEC_PATH, launcher_workflow
 from esgd.workflows.settings import ClusterSettings, load_settings, parse_settings
 
+from argo_schema import schema_problems
+
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
-ARGO_SCHEMA = (
-    ROOT / "tests" / "argo" / "workflow-v4.1.2.schema.json"
-)  # Argo's own schema, vendored (tests/argo/README.md)
 REGEN = os.environ.get("ESGD_REGEN_GOLDEN") == "1"
 STORE = "s3://esgd-bucket/runs-prefix"
 RUN_ID = "golden-run"
@@ -46,7 +45,7 @@ def golden_settings():
 def check(workflow: dict) -> None:
     """A generated Workflow passes Hera's models (every key known) and Argo's schema."""
     assert hera_problems(workflow) == []
-    assert schema_problems(workflow, ARGO_SCHEMA) == []
+    assert schema_problems(workflow) == []
 
 
 def substituted(workflow: dict) -> list[tuple[str, list[str], list[str]]]:
