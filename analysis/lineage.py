@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from esgd.analysis.report import read_final, read_history
 from esgd.core import optimizers
 from esgd.core.errors import InputError
-from esgd.core.hparams import HParams
+from esgd.core.hparams import DRAWN, HParams
 from esgd.core.records import FinalSummary, HistoryRow
 from esgd.core.tables import SCHEMA_KEY, schema
 from esgd.store.run import frozen_spec
@@ -126,8 +126,10 @@ def lineage(rows: list[dict], member: str) -> Lineage:
 
 
 def hp_text(row: dict) -> str:
-    """The hyper-parameters of a history row, those its optimizer family reads."""
-    reads = optimizers.get(row["optimizer"]).reads
+    """The hyper-parameters of a history row, those its optimizer family reads (all of them for a
+    family this process does not know)."""
+    family = optimizers.FAMILIES.get(row["optimizer"])
+    reads = family.reads if family else DRAWN
     text = f"{row['optimizer']:<8} lr {row['lr']:.4g}"
     if "momentum" in reads:
         text += f" momentum {row['momentum']:.3g}"

@@ -32,7 +32,7 @@ def _store(args, required: bool = True) -> str | None:
 
 
 def _phase(spec: RunSpec, settings: ClusterSettings, text: str) -> plan.Phase:
-    if text == "final":
+    if text == plan.FINAL:
         return plan.final(spec, settings.pack)
     if not text.isdigit():
         raise SpecError(f"--generation: expected a generation number or 'final', got {text!r}")
@@ -89,19 +89,15 @@ def _open_run(args):
 
 def _controller(args) -> int:
     from esgd.controller.argo import ArgoEngine, KubernetesWorkflows, current_namespace
-    from esgd.controller.driver import Driver, RunStopped
+    from esgd.controller.driver import Driver
 
     settings = load_settings(args.settings)
     if args.namespace:
         settings = settings.model_copy(update={"namespace": args.namespace})
-    try:
-        run, created = _open_run(args)
-        namespace = current_namespace(settings)
-        log(f"{'starting' if created else 'resuming'} {run.uri} on the cluster (namespace {namespace})")
-        Driver(run, ArgoEngine(KubernetesWorkflows(), settings, namespace, log=log), log).drive()
-    except RunStopped as error:
-        log(f"esgd: run stopped: {error}")
-        return 2
+    run, created = _open_run(args)
+    namespace = current_namespace(settings)
+    log(f"{'starting' if created else 'resuming'} {run.uri} on the cluster (namespace {namespace})")
+    Driver(run, ArgoEngine(KubernetesWorkflows(), settings, namespace, log=log), log).drive()
     print(run.uri)
     return 0
 

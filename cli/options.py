@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from esgd.core.errors import InputError
+from esgd.core.errors import InputError, RunStopped
 from esgd.store.base import StoreError
 
 
@@ -34,11 +34,15 @@ SETTINGS = _parent(
 
 
 def run_main(prog: str, handler: Callable[[], int]) -> int:
-    """handler()'s exit code; bad input and an unusable store become one line and exit code 2."""
+    """handler()'s exit code; bad input, an unusable store and a run that cannot go on become one
+    line and exit code 2."""
     try:
         return handler()
     except (InputError, StoreError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except RunStopped as error:
+        print(f"{prog}: run stopped: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # an output path that cannot be written (--out, -o, --dot, ...)
         print(f"{prog}: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)

@@ -10,10 +10,17 @@ import sys
 
 from esgd.cli.options import DEVICE, exit_after
 from esgd.core.errors import InputError
-from esgd.core.plan import COMMANDS, Step, parse_range
+from esgd.core.plan import COMMANDS, OPTIONS, Step
 from esgd.store.base import StoreError
 from esgd.worker import steps
 from esgd.worker.run import Run
+
+HELP = {
+    "gen": "generation (train, evolve, evaluate, select)",
+    "round": "evolution round (evolve, evaluate, select; default 0)",
+    "members": "population slots a..b (train, finetune; default all)",
+    "offspring": "offspring a..b (evaluate; default all)",
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,17 +29,15 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("command", choices=COMMANDS)
     p.add_argument("--run", required=True, help="run URI: <store>/runs/<run-id>")
-    p.add_argument("--gen", type=int, help="generation (train, evolve, evaluate, select)")
-    p.add_argument("--round", type=int, help="evolution round (evolve, evaluate, select; default 0)")
-    p.add_argument("--members", type=parse_range, help="population slots a..b (train, finetune); default all")
-    p.add_argument("--offspring", type=parse_range, help="offspring a..b (evaluate); default all")
+    for name in OPTIONS:
+        p.add_argument(f"--{name}", help=HELP[name])
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    step = Step(args.command, args.gen, args.round, args.members, args.offspring)
     try:
+        step = Step.parse(args.command, {name: getattr(args, name) for name in OPTIONS})
         steps.run(Run.open(args.run, args.device), step)
     except (InputError, StoreError) as error:  # bad input: never retried; other failures exit 1, retried by Argo
         print(f"esgd-worker: error: {error}", file=sys.stderr)

@@ -13,16 +13,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 from esgd.core import keys
+from esgd.core.errors import RunStopped
 from esgd.core.metrics import progress_line, summarize
-from esgd.core.plan import Phase, phases
+from esgd.core.plan import Phase, generation_marker, phases
 from esgd.core.records import HistoryRow
 from esgd.core.spec import RunSpec
 from esgd.core.tables import read_table
 from esgd.store.run import RunRef
-
-
-class RunStopped(Exception):
-    """The run cannot go on; the message says why (the CLI prints it, exit code 2)."""
 
 
 class PhaseFailed(Exception):
@@ -31,7 +28,7 @@ class PhaseFailed(Exception):
 
 
 class Engine(Protocol):
-    """Runs phases of a run's plan. docs/architecture.md, "Adding an engine", says how to write one."""
+    """Runs phases of a run's plan. docs/architecture.md ("To add X, touch Y") says how to write one."""
 
     name: str
     """Shown in messages (in-process, local GPUs, Argo, ...)."""
@@ -53,7 +50,7 @@ class Engine(Protocol):
 def committed_generations(run: RunRef) -> int:
     """How many generations are committed (the next generation to run)."""
     done = 0
-    while done < run.spec.generations and run.store.exists(keys.parents(run.id, done + 1)):
+    while done < run.spec.generations and run.store.exists(generation_marker(run.id, done)):
         done += 1
     return done
 

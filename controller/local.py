@@ -13,13 +13,13 @@ from collections.abc import Callable
 
 import torch
 
-from esgd.controller.driver import Driver, Engine
+from esgd.controller.driver import Driver, Engine, PhaseFailed
 from esgd.core.plan import Phase, Step
 from esgd.core.spec import RunSpec
-from esgd.store.base import StoreError
 from esgd.store.run import RunRef
 from esgd.worker import steps
 from esgd.worker.run import Run
+from esgd.worker.transfers import Transfers
 
 KEEP = 256 << 20
 """Bytes of checkpoints an in-process run keeps in memory between its steps (esgd.store.blobs.Kept):
@@ -32,8 +32,10 @@ class InProcess:
     name = "the in-process engine"
     attempts = 1  # a failing step raises its own error: trying again in this process would fail the same way
 
-    def __init__(self, device: str | None = None, keep: int = KEEP):
-        self.device, self.keep = device, keep
+    def __init__(self, device: str | None = None, keep: int = KEEP, transfers: Transfers | None = None):
+        """`keep`: bytes of checkpoints kept between steps; `transfers`: objects a step moves at
+        once (default: what suits the run's store, Transfers.for_store)."""
+        self.device, self.keep, self.transfers = device, keep, transfers
         self._runs: dict[str, Run] = {}  # run URI -> the worker's view (task and data loaded once)
 
     def split(self, spec: RunSpec) -> tuple[int, int]:
@@ -41,7 +43,7 @@ class InProcess:
 
     def worker(self, ref: RunRef) -> Run:
         if ref.uri not in self._runs:
-            self._runs[ref.uri] = Run(ref, self.device, self.keep)
+            self._runs[ref.uri] = Run(ref, self.device, self.keep, self.transfers)
         return self._runs[ref.uri]
 
     def run_phase(self, run: RunRef, phase: Phase, attempt: int) -> None:
@@ -71,18 +73,13 @@ class LocalGPUs(InProcess):
             return super().run_stage(run, stage)
         procs = []
         for i, step in enumerate(stage):
-            cmd = [
-                sys.executable,
-                "-m",
-                "esgd.cli.worker",
-                *step.argv(run.uri),
-                "--device",
-                self.devices[i % len(self.devices)],
-            ]
-            procs.append((step, subprocess.Popen(cmd)))
-        failed = [step for step, proc in procs if proc.wait() != 0]
-        if failed:
-            raise StoreError(f"worker step failed: {failed[0]}")
+            device = self.devices[i % len(self.devices)]
+            argv = [*step.argv(run.uri), "--device", device]
+            procs.append((argv, subprocess.Popen([sys.executable, "-m", "esgd.cli.worker", *argv])))
+        failed = [(argv, proc.returncode) for argv, proc in procs if proc.wait() != 0]
+        if failed:  # the worker printed why; the driver stops the run (one attempt: it would fail again)
+            argv, code = failed[0]
+            raise PhaseFailed(f"esgd-worker {' '.join(argv)} exited with code {code}")
 
 
 def local_engine(device: str | None) -> Engine:

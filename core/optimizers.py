@@ -3,7 +3,7 @@
 A family is known here by its name and the hyper-parameters its update reads; how it updates
 weights (a torch optimizer for one model, a formula on the rows of a packed parameter matrix)
 lives in esgd.worker.optimizers under the same name. `esgd.worker.optimizers.register` adds a
-family to both places at once (docs/architecture.md, "Adding an optimizer family").
+family to both places at once (docs/architecture.md, "To add X, touch Y").
 """
 
 from dataclasses import dataclass

@@ -13,10 +13,18 @@ from esgd.core import keys
 from esgd.core.errors import InputError
 from esgd.core.spec import RunSpec
 
+COMMANDS = ("init", "train", "evolve", "evaluate", "select", "finetune", "finish")
 DEVICE_COMMANDS = ("init", "train", "evaluate", "finetune")
 """Commands that train or evaluate networks (GPU pods on a cluster); the others (evolve: vectors,
 select and finish: records) need no accelerator."""
-COMMANDS = ("init", "train", "evolve", "evaluate", "select", "finetune", "finish")
+GENERATION_COMMANDS = ("train", "evolve", "evaluate", "select")
+"""Commands that act on one generation: they need its number (--gen)."""
+FINAL = "final"
+"""The final phase's name where a generation number could stand (`--generation final`, Workflow names)."""
+
+OPTIONS = {"gen": "generation", "round": "round", "members": "members", "offspring": "offspring"}
+"""A step's options as the worker's command line names them -> the Step fields they set."""
+RANGES = ("members", "offspring")
 
 
 @dataclass(frozen=True)
@@ -29,16 +37,28 @@ class Step:
 
     def options(self) -> dict[str, str]:
         """The step's options as the worker's command line spells them ({"gen": "3", "members":
-        "0..4"}): the one encoding of a step, read back by esgd-worker, used as Argo parameters."""
+        "0..4"}): the one encoding of a step, read back by Step.parse, used as Argo parameters."""
         out = {}
-        if self.generation is not None:
-            out["gen"] = str(self.generation)
-        if self.round is not None:
-            out["round"] = str(self.round)
-        for name, span in (("members", self.members), ("offspring", self.offspring)):
-            if span is not None:
-                out[name] = f"{span[0]}..{span[1]}"
+        for name, field in OPTIONS.items():
+            value = getattr(self, field)
+            if value is not None:
+                out[name] = f"{value[0]}..{value[1]}" if name in RANGES else str(value)
         return out
+
+    @classmethod
+    def parse(cls, command: str, options: dict[str, str | None]) -> "Step":
+        """The step of `command` with these options (as options() writes them; None: not given).
+        InputError (exit 2) names a value that is not one."""
+        values = {}
+        for name, text in options.items():
+            if text is None:
+                continue
+            try:
+                values[OPTIONS[name]] = parse_range(text) if name in RANGES else int(text)
+            except ValueError:
+                expected = "a range a..b with a <= b" if name in RANGES else "a whole number"
+                raise InputError(f"--{name}: expected {expected}, got {text!r}") from None
+        return cls(command, **values)
 
     def argv(self, run_uri: str, values: dict[str, str] | None = None) -> list[str]:
         """`esgd-worker` arguments: the command, the run URI, the options (with `values` in place
@@ -68,17 +88,19 @@ class Phase:
     @property
     def tag(self) -> str:
         """`g0003` for a generation, `final` for the final stages (in Workflow names and labels)."""
-        return "final" if self.generation is None else f"g{self.generation:04d}"
+        return FINAL if self.generation is None else f"g{self.generation:04d}"
 
     def marker(self, run_id: str) -> str:
-        """The key whose existence commits the phase: the next generation's parents manifest, or
-        the final manifest."""
-        if self.generation is None:
-            return keys.final_manifest(run_id)
-        return keys.parents(run_id, self.generation + 1)
+        """The key whose existence commits the phase (every step commits before it)."""
+        return keys.final_manifest(run_id) if self.generation is None else generation_marker(run_id, self.generation)
 
     def steps(self) -> list[Step]:
         return [step for stage in self.stages for step in stage]
+
+
+def generation_marker(run_id: str, generation: int) -> str:
+    """The key that commits a generation: the next generation's parents manifest."""
+    return keys.parents(run_id, generation + 1)
 
 
 def shards(total: int, size: int) -> list[tuple[int, int]]:
@@ -97,10 +119,10 @@ def pack_groups(batch_sizes: list[int], size: int) -> list[list[int]]:
 
 
 def parse_range(text: str) -> tuple[int, int]:
-    """`a..b` (half-open, like Python's range) -> (a, b)."""
+    """`a..b` (half-open, like Python's range) -> (a, b); ValueError if it is not one."""
     head, sep, tail = text.partition("..")
     if not sep or not head.isdigit() or not tail.isdigit() or int(head) > int(tail):
-        raise ValueError(f"expected a range a..b with a <= b, got {text!r}")
+        raise ValueError(text)
     return int(head), int(tail)
 
 

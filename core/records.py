@@ -23,6 +23,9 @@ class SchemaError(InputError):
     """A stored record or table of an unknown or different schema, or with fields it should not have."""
 
 
+OTHER_VERSION = "written by another version of esgd? finish the run with the version that started it"
+
+
 @dataclass(frozen=True)
 class BlobRef:
     """Where a checksummed object lives: key, SHA-256 and size (a checkpoint, a dataset shard)."""
@@ -123,7 +126,7 @@ def decode(cls, data: bytes, where: str):
         raise SchemaError(f"{where}: not a JSON record") from None
     found = raw.pop("schema", None) if isinstance(raw, dict) else None
     if found != cls.SCHEMA:
-        raise SchemaError(f"{where}: schema {found!r}, expected {cls.SCHEMA!r}")
+        raise SchemaError(f"{where}: schema {found!r}, expected {cls.SCHEMA!r} ({OTHER_VERSION})")
     return validate(cls, raw, where)
 
 

@@ -195,12 +195,18 @@ class EvolutionSpec(_Model):
     """σ_k: std of the Gaussian mutation added to the mean of the ρ parents."""
     roulette_floor: float = Field(default=0.05, ge=0)
     """Weight of the worst individual on the roulette wheel, as a share of the pool's loss spread."""
+    # The operators are written into a spec's dump (the frozen spec, the run id's hash) only when they
+    # are not the paper's, so that specs written before they could be chosen keep their run ids.
     parents: str = Field(
-        default="roulette", json_schema_extra=lambda schema: schema.update(enum=sorted(selection.PARENTS))
+        default="roulette",
+        exclude_if=lambda name: name == "roulette",
+        json_schema_extra=lambda schema: schema.update(enum=sorted(selection.PARENTS)),
     )
     """How each offspring's ρ parents are picked (esgd.core.selection.PARENTS): roulette (the paper's)."""
     survivors: str = Field(
-        default="elitist", json_schema_extra=lambda schema: schema.update(enum=sorted(selection.SURVIVORS))
+        default="elitist",
+        exclude_if=lambda name: name == "elitist",
+        json_schema_extra=lambda schema: schema.update(enum=sorted(selection.SURVIVORS)),
     )
     """How µ survivors are chosen from the pool (esgd.core.selection.SURVIVORS): elitist (the paper's
     m-elitist selection; Theorem 1 needs it)."""

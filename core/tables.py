@@ -15,7 +15,7 @@ from functools import cache
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from esgd.core.records import SchemaError, to_dict, validate
+from esgd.core.records import OTHER_VERSION, SchemaError, to_dict, validate
 
 SCHEMA_KEY = b"esgd.schema"
 PARTS_KEY = b"esgd.parts"  # merged files (history.parquet): the part keys they hold, in order
@@ -84,7 +84,7 @@ def read_table(data: bytes, cls, what: str = "file") -> pa.Table:
     table = pq.read_table(io.BytesIO(data))
     found = (table.schema.metadata or {}).get(SCHEMA_KEY)
     if found != cls.SCHEMA.encode():
-        raise SchemaError(f"{what}: schema {found!r}, expected {cls.SCHEMA.encode()!r}")
+        raise SchemaError(f"{what}: schema {found!r}, expected {cls.SCHEMA.encode()!r} ({OTHER_VERSION})")
     return table
 
 

@@ -107,6 +107,24 @@ def test_worker_rejects_bad_ranges(store_uri, tmp_path, capsys):
     assert "--gen 5" in capsys.readouterr().err
     assert worker(["train", "--run", uri.strip(), "--gen", "0", "--members", "0..9"]) == 2
     assert "outside the population" in capsys.readouterr().err
+    assert worker(["train", "--run", uri.strip(), "--gen", "zero"]) == 2
+    assert capsys.readouterr().err == "esgd-worker: error: --gen: expected a whole number, got 'zero'\n"
+    assert worker(["evaluate", "--run", uri.strip(), "--gen", "0", "--offspring", "3..1"]) == 2
+    assert "--offspring: expected a range a..b with a <= b, got '3..1'" in capsys.readouterr().err
+
+
+def test_a_run_that_cannot_go_on_is_one_line_and_exit_2(capsys):
+    from esgd.cli.options import run_main
+    from esgd.core.errors import RunStopped
+
+    def stops():
+        raise RunStopped("generation 3 failed 1 time(s); last: esgd-worker train ... exited with code 1")
+
+    assert run_main("esgd", stops) == 2
+    assert (
+        capsys.readouterr().err
+        == "esgd: run stopped: generation 3 failed 1 time(s); last: esgd-worker train ... exited with code 1\n"
+    )
 
 
 @pytest.mark.parametrize("field", ["population.init.checkpoint", "reference.checkpoint"])

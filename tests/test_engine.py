@@ -213,3 +213,54 @@ def test_run_uri_is_printed_and_an_existing_run_resumes(store_uri, tmp_path, cap
     assert code == 0 and uri == run_uri(open_store(store_uri), "again")
     code, uri2, err = run_cli(capsys, "run", spec_file, "--store", store_uri, "--run-id", "again")
     assert code == 0 and uri2 == uri and "resuming" in err
+
+
+def test_a_phase_is_committed_only_with_its_history(store_uri, monkeypatch):
+    """The last step of a phase merges the history before it commits the phase's marker, so a run
+    killed in between redoes that step and never ends committed with a history that lacks rows."""
+    from esgd.worker import history as history_module
+
+    data = tiny(generations=1, finetune={"epochs": 1})
+    reference = start(store_uri, data, "whole")
+    execute(reference)
+    run = start(store_uri, data, "killed")
+    real, calls = history_module.rebuild, []
+
+    def killed_in_finish(worker):
+        calls.append(worker.id)
+        if len(calls) == 2:  # generation 0's select merged; the finish step dies before its merge
+            raise KeyboardInterrupt("killed")
+        real(worker)
+
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(history_module, "rebuild", killed_in_finish)
+        execute(run)
+    assert not run.store.exists(keys.final_manifest(run.id))  # the final phase is not committed ...
+    execute(Run.open(run.uri, "cpu"))  # ... so the resumed run does it again
+    rows = history(run.uri)
+    assert rows == history(reference.uri) and any(r["role"] == "finetune" for r in rows)
+
+
+def test_the_local_gpu_engine_runs_stages_as_worker_subprocesses(tmp_path):
+    """LocalGPUs with two "devices" (CPUs here): the steps of a stage as esgd-worker subprocesses
+    give the history of one process (one at a time, so that the split does not round differently);
+    a worker that fails stops the run with the command and its exit code."""
+    from esgd.controller.driver import Driver
+    from esgd.controller.local import LocalGPUs
+    from esgd.core.errors import RunStopped
+
+    data = tiny(generations=1, pack={"size": 1})
+    reference = start(str(tmp_path), data, "one-process")
+    execute(reference)
+    run = start(str(tmp_path), data, "subprocesses")
+    Driver(run.ref, LocalGPUs(["cpu", "cpu"]), log=lambda line: None).drive()
+    assert history(run.uri) == history(reference.uri)
+
+    broken = start(str(tmp_path), data, "broken")
+    steps.run(broken, Step("init"))
+    victim = next(k for k in broken.store.list(keys.run(broken.id) + "/init") if k.endswith(".arrow"))
+    broken.store.put(victim, b"damaged")
+    with pytest.raises(
+        RunStopped, match=r"generation 0 failed 1 time\(s\); last: esgd-worker train .* exited with code 2"
+    ):
+        Driver(broken.ref, LocalGPUs(["cpu", "cpu"]), log=lambda line: None).drive()

@@ -67,3 +67,14 @@ def test_hyper_parameters_and_families_are_named_alike_everywhere():
     assert set(FixedOptimizer.model_fields) == {f.name for f in fields(HParams)}
     assert all(set(family.reads) <= set(FLOATS) for family in FAMILIES.values())
     assert set(IMPLEMENTATIONS) == set(FAMILIES) == {"sgd", "nesterov", "adam", "adamw", "rmsprop"}
+
+
+def test_the_default_run_id_of_a_spec_does_not_change():
+    """`esgd run SPEC` resumes the run of the same spec by its default id (name plus a hash of the
+    resolved spec): a new spec field must not change the ids of specs that do not use it."""
+    from esgd.controller.runs import default_run_id
+    from esgd.core.spec import read_spec
+
+    assert default_run_id(read_spec(str(ROOT / "examples" / "digits.yaml"))) == "digits-b0ef55a4"
+    chosen = read_spec(str(ROOT / "examples" / "digits.yaml"), ["evolution.parents=roulette"])
+    assert default_run_id(chosen) == "digits-b0ef55a4"  # the default, named: the same spec

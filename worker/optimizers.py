@@ -16,7 +16,7 @@ RMSPROP_ALPHA, EPS, ADAM_EPS = 0.99, 1e-8, 1e-8
 
 
 class Implementation(Protocol):
-    """How one family updates weights (docs/architecture.md, "Adding an optimizer family")."""
+    """How one family updates weights (docs/architecture.md, "To add X, touch Y")."""
 
     state: tuple[str, ...]
     """Names of its per-parameter state in a pack ([k, P] tensors, zero at the start)."""

@@ -36,12 +36,14 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 class Run:
-    def __init__(self, ref: RunRef, device: str | None = None, keep: int = 0):
-        """`keep`: bytes of what this process writes to keep for reading back (esgd.store.blobs.Kept),
-        for an engine that runs every step of the run in this process; 0 keeps nothing."""
+    def __init__(self, ref: RunRef, device: str | None = None, keep: int = 0, transfers: Transfers | None = None):
+        """The engine's choices: `keep`, bytes of what this process writes to keep for reading back
+        (esgd.store.blobs.Kept), for an engine that runs every step of the run in this process (0
+        keeps nothing); `transfers`, how many objects a step moves at once (default:
+        Transfers.for_store, from what the store says of itself)."""
         self.ref, self.store, self.id, self.spec = ref, ref.store, ref.id, ref.spec
         self.device = resolve_device(device or self.spec.device)
-        self.transfers = Transfers.for_store(self.store)
+        self.transfers = transfers or Transfers.for_store(self.store)
         self.blobs = Blobs(self.store, keep)
         self.manifests: dict[str, list] = {}  # key -> rows: manifests never change once written
 

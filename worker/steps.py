@@ -8,7 +8,7 @@ import torch
 
 from esgd.core import hparams, keys
 from esgd.core.errors import InputError
-from esgd.core.plan import Step, pack_groups, rounds
+from esgd.core.plan import GENERATION_COMMANDS, Step, pack_groups, rounds
 from esgd.core.records import FinalSummary, FitnessRecord, InitRecord, Member, OffspringRecord, TrainRecord
 from esgd.core.rng import generator
 from esgd.core.schedules import value_at
@@ -26,7 +26,7 @@ from esgd.worker.weights import to_checkpoint
 
 def run(run: Run, step: Step) -> None:
     """Run one step of the plan: what `esgd-worker` and the in-process engine both call."""
-    if step.command in ("train", "evolve", "evaluate", "select") and step.generation is None:
+    if step.command in GENERATION_COMMANDS and step.generation is None:
         raise InputError(f"{step.command} needs --gen")
     if step.generation is not None and not 0 <= step.generation < run.spec.generations:
         raise InputError(f"--gen {step.generation} is outside 0..{run.spec.generations - 1}")
@@ -178,8 +178,7 @@ def evolve(run: Run, generation: int, rnd: int) -> None:
         if run.store.exists(key):
             return
         picks = pick(generator(spec.seed, generation, child, "roulette"), losses, spec.population.rho, spec.evolution)
-        picks.sort(key=lambda j: (pool[j].fitness, j))
-        parents = [pool[j] for j in picks]
+        parents = [pool[j] for j in sorted(picks, key=lambda j: (pool[j].fitness, j))]  # fittest first
         # Parents stream from the store: memory holds a few chunks per parent (of the few offspring
         # that Transfers.each makes at once), not µ models.
         pieces = ops.recombine_stream(run.blobs, [p.checkpoint for p in parents], sigma, run.seed(generation, child))
@@ -227,8 +226,6 @@ def select(run: Run, generation: int, rnd: int) -> None:
     last = rnd == rounds(spec) - 1
     out_key = keys.parents(run.id, generation + 1) if last else keys.selected(run.id, generation, rnd)
     if run.store.exists(out_key):
-        if last:
-            history.rebuild(run)
         return
     parents, records = population.trained(run, generation) if rnd == 0 or last else (None, None)
     pool = parents if rnd == 0 else population.manifest(run, keys.selected(run.id, generation, rnd - 1))
@@ -251,9 +248,8 @@ def select(run: Run, generation: int, rnd: int) -> None:
         )
         as_begun = population.manifest(run, keys.parents(run.id, generation))
         history.write_part(run, generation, history.generation_rows(generation, as_begun, records, births, survivors))
+        history.rebuild(run)  # before the commit: a committed generation's history is merged
     run.store.put_if_absent(out_key, to_parquet(survivors, Member))
-    if last:
-        history.rebuild(run)
 
 
 # After the last generation ----------------------------------------------------------------------
@@ -278,30 +274,23 @@ def finish(run: Run) -> None:
     """The final population (fine-tuned if configured), its best individual and its error metric."""
     spec = run.spec
     key = keys.final_manifest(run.id)
-    if not run.store.exists(key):
-        members = population.manifest(run, keys.parents(run.id, spec.generations))
-        if spec.finetune.epochs > 0:
-            records = [run.store.read(keys.final_record(run.id, m.member), TrainRecord) for m in members]
-            members = population.mark_elite(
-                [
-                    replace(m, checkpoint=r.checkpoint, fitness=r.fitness, hparams=r.hparams)
-                    for m, r in zip(members, records)
-                ],
-                spec.m,
-            )
-            history.write_part(
-                run,
-                spec.generations,
-                [
-                    history.trained_row(spec.generations, "finetune", m.parents, r, m.elite, True)
-                    for m, r in zip(members, records)
-                ],
-            )
-        best = min(members, key=lambda m: m.fitness)
-        value = metric(run.load_model(best.checkpoint), run.task, run.fitness_data, best.fitness)
-        run.store.commit(
-            keys.final_summary(run.id),
-            FinalSummary(best.member, best.fitness, best.checkpoint, run.task.metric_name, value),
-        )
-        run.store.put_if_absent(key, to_parquet(members, Member))
-    history.rebuild(run)
+    if run.store.exists(key):
+        return
+    members = population.manifest(run, keys.parents(run.id, spec.generations))
+    if spec.finetune.epochs > 0:
+        records = [run.store.read(keys.final_record(run.id, m.member), TrainRecord) for m in members]
+        tuned = [
+            replace(m, checkpoint=r.checkpoint, fitness=r.fitness, hparams=r.hparams) for m, r in zip(members, records)
+        ]
+        members = population.mark_elite(tuned, spec.m)
+        rows = [
+            history.trained_row(spec.generations, "finetune", m.parents, r, m.elite, True)
+            for m, r in zip(members, records)
+        ]
+        history.write_part(run, spec.generations, rows)
+    best = min(members, key=lambda m: m.fitness)
+    value = metric(run.load_model(best.checkpoint), run.task, run.fitness_data, best.fitness)
+    summary = FinalSummary(best.member, best.fitness, best.checkpoint, run.task.metric_name, value)
+    run.store.commit(keys.final_summary(run.id), summary)
+    history.rebuild(run)  # before the commit: a finished run's history is whole
+    run.store.put_if_absent(key, to_parquet(members, Member))

@@ -1,5 +1,6 @@
-"""How many independent objects a step moves, or computes, at once. This is the policy of whoever
-runs the step (an engine sets it on the worker's Run), not of the store."""
+"""How many independent objects a step moves, or computes, at once: the policy of whoever runs the
+step (an engine gives it to the worker's Run; for_store is the default, from what the store says of
+itself), not of the store."""
 
 import os
 from collections.abc import Callable, Iterable

@@ -23,14 +23,15 @@ def parameter(scope: str, name: str) -> str:
     return "{{" + f"{scope}.parameters.{name}" + "}}"
 
 
+TASK_TAGS = {"round": "r", "members": "m", "offspring": "o"}  # the generation is the Workflow's
+
+
 def task_name(step: Step) -> str:
-    parts = [step.command]
-    if step.round is not None:
-        parts.append(f"r{step.round}")
-    for tag, span in (("m", step.members), ("o", step.offspring)):
-        if span is not None:
-            parts.append(f"{tag}{span[0]}-{span[1]}")
-    return "-".join(parts)
+    """The DAG task's name, from the step's options: `train-m0-4`, `evaluate-r0-o4-8`, `select-r1`."""
+    options = step.options()
+    return "-".join(
+        [step.command] + [TASK_TAGS[name] + options[name].replace("..", "-") for name in TASK_TAGS if name in options]
+    )
 
 
 def template_args(step: Step) -> list[str]:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from esgd.core.records import BlobRef
-from esgd.store.base import NotFound, attempt_id
+from esgd.store.base import IntegrityError, NotFound, attempt_id
 from esgd.store.blobs import Blobs
 from esgd.store.uri import open_store
 
@@ -65,7 +65,10 @@ def read_split(uri: str, kind: str, split: str, columns: list[str] | None = None
     blobs = Blobs(_store(uri))
     tables = []
     for shard in meta["splits"][split]:
-        data = blobs.get(BlobRef(shard["key"], shard["sha256"], shard["size"]))
+        try:
+            data = blobs.get(BlobRef(shard["key"], shard["sha256"], shard["size"]))
+        except IntegrityError as error:
+            raise IntegrityError(f"dataset {uri}: {error}") from None
         tables.append(pq.read_table(io.BytesIO(data), columns=columns))
     return pa.concat_tables(tables) if tables else pa.table({})
 

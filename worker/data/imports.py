@@ -1,5 +1,5 @@
 """`esgd data import KIND PATH --store URI`: a dataset in its original format -> Parquet shards in
-the store (worker/tasks/dataset.py describes the layout), so pods on a cluster read it from S3
+the store (esgd.worker.data.dataset describes the layout), so pods on a cluster read it from S3
 like everything else. It prints the dataset's URI, which goes into the spec's `task_args.data`.
 
 Kinds:
