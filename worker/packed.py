@@ -28,9 +28,8 @@ from esgd.worker.task import Task
 from esgd.worker.train import TrainResult
 from esgd.worker.weights import stacked_state, to_checkpoints
 
-_BASES: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = (
-    weakref.WeakKeyDictionary()
-)  # template -> its stateless copy
+# template -> its stateless copy
+_BASES: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
 
 
 def _forward(base: torch.nn.Module, params: dict, buffers: dict, x: torch.Tensor, shared: bool = False) -> torch.Tensor:

@@ -97,9 +97,7 @@ def _train_pack(
     run: Run, members: list[Member], hps: list[hparams.HParams], epochs: int, generation: int, record_key
 ) -> None:
     spec = run.spec
-    order = sorted(
-        range(len(members)), key=lambda i: hps[i].optimizer
-    )  # each family's rows side by side: PackedOptimizer
+    order = sorted(range(len(members)), key=lambda i: hps[i].optimizer)  # families side by side: PackedOptimizer
     members, hps = [members[i] for i in order], [hps[i] for i in order]
     common = dict(
         task=run.task,
@@ -130,19 +128,17 @@ def _train_pack(
     def commit(member: Member, weights: tuple, result) -> None:  # the checkpoint, then the record naming it
         key = record_key(member.member)
         ref = run.save_checkpoint(keys.checkpoint(key, attempt_id()), *weights)
-        run.store.commit(
-            key,
-            TrainRecord(
-                member.member,
-                ref,
-                result.fitness,
-                member.fitness,
-                result.hparams,
-                result.backoffs,
-                epochs,
-                tuple(result.epoch_fitness),
-            ),
+        record = TrainRecord(
+            member=member.member,
+            checkpoint=ref,
+            fitness=result.fitness,
+            fitness_before=member.fitness,
+            hparams=result.hparams,
+            backoffs=result.backoffs,
+            epochs=epochs,
+            epoch_fitness=tuple(result.epoch_fitness),
         )
+        run.store.commit(key, record)
 
     run.transfers.each(lambda item: commit(*item), zip(members, trained, results))
 
