@@ -1,6 +1,6 @@
 """`esgd compile` (Argo Workflow YAML of a phase, or of the launcher), `esgd controller` (drive a run
-on a cluster) and `esgd cluster-check` (what `helm test` runs). None of them imports torch, but
-`esgd controller SPEC`, which checks the task before it creates the run (esgd.worker.preflight)."""
+on a cluster) and `esgd cluster-check` (what `helm test` runs). None of them imports torch or the
+task: the run's first pod checks the task (esgd.worker.preflight), where the data is."""
 
 import sys
 from pathlib import Path
@@ -73,17 +73,16 @@ def _compile(args) -> int:
 
 
 def _open_run(args):
-    """(RunRef, created?) from a run URI, or from a spec (created in --store, or resumed)."""
+    """(RunRef, created?) from a run URI, or from a spec (created in --store, or resumed). The task is
+    not loaded here: the init step checks it in the run's first pod."""
     from esgd.controller.runs import create_or_resume
     from esgd.store.run import RunRef
     from esgd.store.uri import open_store
 
     if f"/{keys.RUNS}/" in args.target and not Path(args.target).is_file():
         return RunRef.open(args.target), False
-    from esgd.worker.preflight import preflight  # loads the task: the one use of torch here
-
     spec, _ = _spec(args.target, args.set)
-    run, resumed = create_or_resume(open_store(_store(args)), spec, args.run_id, preflight)
+    run, resumed = create_or_resume(open_store(_store(args)), spec, args.run_id)
     return run, not resumed
 
 

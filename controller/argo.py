@@ -10,6 +10,7 @@ pods run the steps.
 It makes two Kubernetes calls, on custom objects `workflows.argoproj.io/v1alpha1`: create and get.
 """
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -131,6 +132,17 @@ def failure_reason(workflow: dict) -> str:
     return "; ".join(p for p in parts if p) or "no message"
 
 
+def refused_input(workflow: dict) -> bool:
+    """Whether a pod of the Workflow failed with exit code 2: a worker that refused its input (a spec
+    the task does not accept, a damaged object), which no retry fixes."""
+    for node in ((workflow.get("status") or {}).get("nodes") or {}).values():
+        if node.get("type") == "Pod" and node.get("phase") in ("Failed", "Error"):
+            code = (node.get("outputs") or {}).get("exitCode")
+            if code == "2" or re.search(r"\bexit code 2\b", node.get("message") or ""):
+                return True
+    return False
+
+
 def cluster_check(workflows: Workflows, namespace: str, store=None, log: Callable[[str], None] = print) -> None:
     """What `helm test` checks: the service account may read Workflows here (a get of a name that
     does not exist answers 404, not 403) and, with a store, the store can be written."""
@@ -181,17 +193,22 @@ class ArgoEngine:
                 self.log(f"{name} was submitted by someone else meanwhile; waiting for it")
         else:
             self.log(f"found {name} from an earlier start; waiting for it")
-        outcome, reason = self.wait(name)
-        if outcome != "Succeeded":
-            raise PhaseFailed(f"{name} {outcome}: {reason}")
+        workflow = self.wait(name)
+        if workflow is None:
+            raise PhaseFailed(f"{name} Error: the Workflow was deleted")
+        outcome = workflow["status"]["phase"]
+        if outcome == "Succeeded":
+            return
+        if refused_input(workflow):  # the same spec and store would fail the same way: stop now
+            raise RunStopped(f"{name} {outcome}: {failure_reason(workflow)} (bad input: not retried)")
+        raise PhaseFailed(f"{name} {outcome}: {failure_reason(workflow)}")
 
-    def wait(self, name: str) -> tuple[str, str]:
-        """(Succeeded | Failed | Error, reason) once the Workflow has finished."""
+    def wait(self, name: str) -> dict | None:
+        """The Workflow once it has finished (Succeeded, Failed or Error), or None if it was deleted."""
         while True:
             workflow = self.workflows.get(self.namespace, name)
             if workflow is None:
-                return "Error", "the Workflow was deleted"
-            phase = (workflow.get("status") or {}).get("phase") or "Pending"
-            if phase in FINISHED:
-                return phase, failure_reason(workflow)
+                return None
+            if ((workflow.get("status") or {}).get("phase") or "Pending") in FINISHED:
+                return workflow
             self.sleep(self.settings.poll_seconds)

@@ -6,7 +6,9 @@ each pod's command (`esgd-worker ...`) in this process against the run's store. 
 prove that the controller's Workflows, executed, produce the committed state it advances on.
 """
 
+import contextlib
 import copy
+import io
 import re
 import subprocess
 import sys
@@ -50,7 +52,9 @@ device: cpu
 class FakeWorkflows:
     """create/get on workflows.argoproj.io, in memory. A created Workflow is Pending, then Running
     on the next get, then, on the get after, it runs: its DAG is executed in-process (or the
-    outcome scripted in `outcomes` is reported without running anything)."""
+    outcome scripted in `outcomes` is reported without running anything). A failed pod is reported
+    as Argo reports one whose container has terminationMessagePolicy FallbackToLogsOnError: a Pod
+    node with its exit code and the command's last output line in its message."""
 
     def __init__(self, outcomes: dict | None = None):
         self.objects: dict[tuple[str, str], dict] = {}
@@ -79,11 +83,11 @@ class FakeWorkflows:
         if status["phase"] == "Pending":
             status["phase"] = "Running"
         elif status["phase"] == "Running":
-            phase, message = self.outcomes.get(name) or self.execute(obj)
-            status.update(phase=phase, message=message)
+            phase, message, *nodes = self.outcomes.get(name) or self.execute(obj)
+            status.update(phase=phase, message=message, nodes=nodes[0] if nodes else {})
         return copy.deepcopy(obj)
 
-    def execute(self, workflow: dict) -> tuple[str, str]:
+    def execute(self, workflow: dict) -> tuple[str, str, dict]:
         """Run the DAG's pods in dependency order, as Argo would (no retries)."""
         spec = workflow["spec"]
         params = {p["name"]: p["value"] for p in spec["arguments"]["parameters"]}
@@ -110,10 +114,21 @@ class FakeWorkflows:
                 ]
                 self.commands.append(argv)
                 assert argv[0] == "esgd-worker"
-                if worker_cli.main(argv[1:] + ["--device", "cpu"]) != 0:
-                    return "Failed", f"child '{task['name']}' failed"
+                output = io.StringIO()
+                with contextlib.redirect_stderr(output):
+                    code = worker_cli.main(argv[1:] + ["--device", "cpu"])
+                if code != 0:
+                    last = (output.getvalue().strip().splitlines() or [""])[-1]
+                    node = {
+                        "type": "Pod",
+                        "phase": "Failed",
+                        "displayName": task["name"],
+                        "message": f"Error (exit code {code}): {last}",
+                        "outputs": {"exitCode": str(code)},
+                    }
+                    return "Failed", f"child '{task['name']}' failed", {"pod": node}
                 done.add(task["name"])
-        return "Succeeded", ""
+        return "Succeeded", "", {}
 
 
 @pytest.fixture
@@ -192,14 +207,32 @@ def test_stops_with_the_reason_after_the_last_attempt(run):
     assert created_names(fake) == ["tiny-run-g0000-a0", "tiny-run-g0000-a1"]
 
 
-def test_a_failing_worker_fails_the_workflow_and_the_run(run):
-    """A pod that exits non-zero (here: a spec that no longer matches the store) fails its
-    Workflow; with one attempt the run stops and names the failed task."""
+def test_a_worker_that_refuses_its_input_stops_the_run_at_once(run):
+    """A pod that exits 2 (here: a spec in the store that no longer parses) fails its Workflow, and
+    the run stops at once with the pod's message: no further attempt would do better."""
     fake = FakeWorkflows()
-    ctl = controller(fake, run, generationAttempts=1)
+    ctl = controller(fake, run)  # three attempts allowed
     run.store.put(keys.spec(run.id), b"not: [a valid spec")  # every worker now exits 2
-    with pytest.raises(RunStopped, match="child 'init' failed"):
+    with pytest.raises(
+        RunStopped, match=r"child 'init' failed; init: Error \(exit code 2\): esgd-worker: error: .*not retried"
+    ):
         ctl.drive()
+    assert created_names(fake) == ["tiny-run-g0000-a0"]
+
+
+def test_a_pod_that_failed_otherwise_is_tried_again():
+    from esgd.controller.argo import refused_input
+
+    preempted = {
+        "status": {"phase": "Failed", "nodes": {"p": {"type": "Pod", "phase": "Failed", "message": "pod deleted"}}}
+    }
+    crashed = {
+        "status": {"phase": "Failed", "nodes": {"p": {"type": "Pod", "phase": "Error", "outputs": {"exitCode": "1"}}}}
+    }
+    refused = {
+        "status": {"phase": "Failed", "nodes": {"p": {"type": "Pod", "phase": "Failed", "outputs": {"exitCode": "2"}}}}
+    }
+    assert not refused_input(preempted) and not refused_input(crashed) and refused_input(refused)
 
 
 def test_restart_continues_from_the_committed_state(run):
@@ -393,3 +426,66 @@ def test_the_controller_resumes_a_run_by_uri_without_torch(run):
     )
     assert done.stdout.split()[-2:] == ["False", "0"], done.stdout + done.stderr
     assert "run tiny-run is complete" in done.stderr
+
+
+START_WITHOUT_TORCH = """
+import sys
+import esgd.controller.argo as argo
+
+class RefusedByTheFirstPod:
+    '''Every Workflow ends as one whose init pod refused its task (what the pod would do here).'''
+
+    def __init__(self):
+        self.objects = {}
+
+    def get(self, namespace, name):
+        return self.objects.get(name)
+
+    def create(self, namespace, body):
+        pod = {"type": "Pod", "phase": "Failed", "displayName": "init", "outputs": {"exitCode": "2"},
+               "message": "Error (exit code 2): esgd-worker: error: task ... refused its task_args"}
+        self.objects[body["metadata"]["name"]] = {"status": {"phase": "Failed", "nodes": {"p": pod}}}
+
+argo.KubernetesWorkflows = RefusedByTheFirstPod
+from esgd.cli.main import main
+code = main(["controller", sys.argv[1], "--store", sys.argv[2], "--run-id", "r", "--namespace", "esgd"])
+print("torch" in sys.modules, code)
+"""
+
+
+def test_the_controller_starts_a_run_from_a_spec_without_torch_or_its_task(tmp_path):
+    """`esgd controller SPEC` creates the run without loading the task (on CIFAR-10 that would load
+    the training set into the controller pod): the first pod checks it, and its refusal stops the run."""
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    store = tmp_path / "store"
+    done = subprocess.run(
+        [sys.executable, "-c", START_WITHOUT_TORCH, str(tmp_path / "spec.yaml"), str(store)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.split()[-2:] == ["False", "2"], done.stdout + done.stderr
+    assert "esgd: run stopped: r-g0000-a0 Failed: init: Error (exit code 2)" in done.stderr
+    assert "refused its task_args (bad input: not retried)" in done.stderr
+    assert (store / "runs" / "r" / "spec.yaml").is_file()  # created, frozen: the same command resumes it
+
+
+def test_a_task_the_first_pod_refuses_stops_the_run_with_its_message(tmp_path, monkeypatch, capsys):
+    """Through the Argo emulator: the init pod checks the task (esgd.worker.preflight), exits 2
+    naming what is wrong, and the controller stops the run with that line after one attempt."""
+    import esgd.controller.argo as argo
+    from esgd.cli.main import main
+
+    fakes = []
+    monkeypatch.setattr(argo, "KubernetesWorkflows", lambda: fakes.append(FakeWorkflows()) or fakes[-1])
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("task_args: {hidden: 8}", "task_args: {hidden: 8, width: 3}"))
+    (tmp_path / "settings.yaml").write_text(f"namespace: {NAMESPACE}\npollSeconds: 0.01\n")
+    args = ["controller", str(tmp_path / "spec.yaml"), "--store", str(tmp_path / "store")]
+    args += ["--settings", str(tmp_path / "settings.yaml")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        "esgd: run stopped:" in err
+        and "refused its task_args: task() got an unexpected keyword argument 'width'" in err
+    )
+    assert created_names(fakes[0]) == [created_names(fakes[0])[0]] and fakes[0].commands[0][1] == "init"

@@ -1,5 +1,6 @@
-"""The checks a run's spec gets before the run is created (controller.runs.create_or_resume
-calls them): they load the task, so they run where torch and the data are."""
+"""The checks of a run's spec that need its task: `esgd run` makes them before it creates the run
+(controller.runs.create_or_resume), and the run's first step (init) makes them again where the
+data is, which on a cluster is the first pod: the controller loads neither torch nor the data."""
 
 import torch
 
@@ -8,16 +9,20 @@ from esgd.store import checkpoint
 from esgd.store.base import StoreError
 from esgd.store.uri import read_uri
 from esgd.worker.run import resolve_device
-from esgd.worker.task import TaskError, load_task
+from esgd.worker.task import Task, TaskError, load_task
 from esgd.worker.weights import load_into
 
 
 def preflight(spec: RunSpec, device: str | None = None) -> None:
     """Check what can be checked before anything is written: the device exists, the task loads
-    (import path, arguments, data files), its model runs on two training examples, and the
-    checkpoints the spec names are checkpoints of that model. Raises InputError."""
+    (import path, arguments, data files), and check() holds. Raises InputError."""
     resolve_device(device or spec.device)
-    task = load_task(spec.task, spec.task_args)
+    check(spec, load_task(spec.task, spec.task_args))
+
+
+def check(spec: RunSpec, task: Task) -> None:
+    """The task's model runs on two training examples, and the checkpoints the spec names are
+    checkpoints of that model. Raises InputError naming the task or the spec field."""
     try:
         with torch.no_grad():
             task.model().eval()(task.train[0][:2])

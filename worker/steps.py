@@ -16,7 +16,7 @@ from esgd.core.selection import PARENTS, SURVIVORS
 from esgd.core.tables import to_parquet
 from esgd.store.base import NotFound, StoreError, attempt_id
 from esgd.worker import evolve as ops
-from esgd.worker import history, population
+from esgd.worker import history, population, preflight
 from esgd.worker.packed import pack_fitness, train_pack
 from esgd.worker.run import Run
 from esgd.worker.train import fitness, metric
@@ -46,9 +46,12 @@ def run(run: Run, step: Step) -> None:
 
 
 def init(run: Run) -> None:
-    """Generation 0: µ individuals, random or perturbed from a checkpoint, with their fitness."""
+    """Generation 0: µ individuals, random or perturbed from a checkpoint, with their fitness. The
+    spec's task is checked first (preflight.check): a run created without its task loaded (by the
+    cluster controller) fails here, in its first pod, with one line and exit code 2."""
     if run.store.exists(keys.parents(run.id, 0)):
         return
+    preflight.check(run.spec, run.task)
     base = population.initial_base(run)
     members = []
     for index in range(run.spec.mu):

@@ -72,6 +72,9 @@ def container_options(settings: ClusterSettings, pods: Pods) -> dict:
         priority_class_name=pods.priority_class_name,
         pod_spec_patch=pod_spec_patch(pods),
         retry_strategy=retry_strategy(settings),
+        # A command's last lines become the pod's termination message when it fails, and Argo puts
+        # that message in the node's: the one line a worker prints on bad input reaches the controller.
+        termination_message_policy="FallbackToLogsOnError",
     )
 
 
