@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from esgd.core.errors import InputError, RunStopped
+from esgd.core.errors import TRANSIENT_EXIT, InputError, RunStopped, TransientError
 from esgd.store.base import StoreError
 
 
@@ -34,10 +34,14 @@ SETTINGS = _parent(
 
 
 def run_main(prog: str, handler: Callable[[], int]) -> int:
-    """handler()'s exit code; bad input, an unusable store and a run that cannot go on become one
-    line and exit code 2."""
+    """handler()'s exit code. Transient trouble (a store or API that cannot be reached now) is one
+    line and exit code 75; bad input, an unusable store and a run that cannot go on, one line and
+    exit code 2."""
     try:
         return handler()
+    except TransientError as error:
+        print(f"{prog}: error: {error} (it may pass: run the same command again)", file=sys.stderr)
+        return TRANSIENT_EXIT
     except (InputError, StoreError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

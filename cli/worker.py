@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from esgd.cli.options import DEVICE, exit_after
-from esgd.core.errors import InputError
+from esgd.core.errors import TRANSIENT_EXIT, InputError, TransientError
 from esgd.core.plan import COMMANDS, OPTIONS, Step
 from esgd.store.base import StoreError
 from esgd.worker import steps
@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         step = Step.parse(args.command, {name: getattr(args, name) for name in OPTIONS})
         steps.run(Run.open(args.run, args.device), step)
-    except (InputError, StoreError) as error:  # bad input: never retried; other failures exit 1, retried by Argo
+    except TransientError as error:  # retried: by Argo's retryStrategy, or the engine's next attempt
+        print(f"esgd-worker: error: {error} (transient)", file=sys.stderr)
+        return TRANSIENT_EXIT
+    except (InputError, StoreError) as error:  # bad input: never retried; other failures exit 1, retried
         print(f"esgd-worker: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from esgd.controller.driver import PhaseFailed, RunStopped
+from esgd.core.errors import TRANSIENT_EXIT, InputError, TransientError
 from esgd.core.plan import Phase
 from esgd.core.spec import RunSpec
 from esgd.store.run import RunRef
@@ -31,6 +32,10 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 
 class ClusterRunError(RunStopped):
     """The cluster cannot be used (no API, a refused call); the message says why."""
+
+
+class ClusterUnavailable(ClusterRunError, TransientError):
+    """The Kubernetes API did not answer, or answered 429/5xx, through every retry: it may pass."""
 
 
 class AlreadyExists(Exception):
@@ -73,12 +78,13 @@ class KubernetesWorkflows:
             try:
                 return fn(GROUP, VERSION, *args)
             except ApiException as error:
-                transient = error.status in (429, 500, 502, 503, 504)
-                if not transient or attempt == self.retries:
+                if error.status not in (429, 500, 502, 503, 504):
                     raise
+                if attempt == self.retries:
+                    raise ClusterUnavailable(f"the Kubernetes API answered {error.status} {error.reason}") from None
             except HTTPError as error:
                 if attempt == self.retries:
-                    raise ClusterRunError(
+                    raise ClusterUnavailable(
                         f"the Kubernetes API cannot be reached ({type(error).__name__}: {error})"
                     ) from None
             self.sleep(min(2**attempt, 30))
@@ -132,15 +138,24 @@ def failure_reason(workflow: dict) -> str:
     return "; ".join(p for p in parts if p) or "no message"
 
 
-def refused_input(workflow: dict) -> bool:
-    """Whether a pod of the Workflow failed with exit code 2: a worker that refused its input (a spec
-    the task does not accept, a damaged object), which no retry fixes."""
+def duration(text: str) -> float:
+    """Seconds of an Argo (Go) duration such as "30s", "10m", "1h30m"; InputError if it is not one."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        raise InputError(f"settings: {text!r} is not a duration such as 30s, 10m or 1h")
+    return sum(float(value) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit] for value, unit in parts)
+
+
+def exit_codes(workflow: dict) -> set[str]:
+    """The exit codes of the Workflow's failed pods: 2, a worker that refused its input (which no
+    retry fixes); 75, transient trouble (docs/kubernetes.md)."""
+    codes = set()
     for node in ((workflow.get("status") or {}).get("nodes") or {}).values():
         if node.get("type") == "Pod" and node.get("phase") in ("Failed", "Error"):
             code = (node.get("outputs") or {}).get("exitCode")
-            if code == "2" or re.search(r"\bexit code 2\b", node.get("message") or ""):
-                return True
-    return False
+            found = re.search(r"\bexit code (\d+)\b", node.get("message") or "")
+            codes |= {c for c in (code, found and found.group(1)) if c}
+    return codes
 
 
 def cluster_check(workflows: Workflows, namespace: str, store=None, log: Callable[[str], None] = print) -> None:
@@ -155,7 +170,9 @@ def cluster_check(workflows: Workflows, namespace: str, store=None, log: Callabl
 
 
 class ArgoEngine:
-    """Phases as Argo Workflows (esgd.workflows.generation), one submission per attempt."""
+    """Phases as Argo Workflows (esgd.workflows.generation), one submission per attempt. A Workflow
+    of the phase that an earlier start submitted is waited for if it is still running; if it had
+    already failed, this start submits a new attempt (each start gets its `generationAttempts`)."""
 
     name = "Argo"
 
@@ -170,6 +187,8 @@ class ArgoEngine:
         self.workflows, self.namespace = workflows, namespace
         self.settings = settings.model_copy(update={"namespace": namespace})
         self.sleep, self.log = sleep, log
+        self.earlier: dict[str, int] = {}  # phase tag -> failed attempts found from earlier starts
+        self.delays = (duration(settings.retry.backoff), settings.retry.factor, duration(settings.retry.cap))
 
     @property
     def attempts(self) -> int:
@@ -178,30 +197,46 @@ class ArgoEngine:
     def split(self, spec: RunSpec) -> tuple[int, int]:
         return self.settings.pack, self.settings.shard
 
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds before the attempt after `attempt`: the pods' retry back-off (retry.backoff x
+        retry.factor^attempt, at most retry.cap), so that an outage has time to pass."""
+        first, factor, cap = self.delays
+        return min(first * factor**attempt, cap)
+
     def body(self, run: RunRef, phase: Phase, attempt: int) -> dict:
         return phase_workflow(phase, self.settings, run.uri, run.id, attempt).to_dict()
 
     def run_phase(self, run: RunRef, phase: Phase, attempt: int) -> None:
         """Submit attempt `attempt` of the phase's Workflow (or find it, from an earlier start) and
-        wait for it; PhaseFailed when it did not succeed."""
-        name = names.workflow_name(run.id, phase.tag, attempt)
-        if self.workflows.get(self.namespace, name) is None:
-            try:
-                self.workflows.create(self.namespace, self.body(run, phase, attempt))
-                self.log(f"submitted {name} ({phase.name})")
-            except AlreadyExists:
-                self.log(f"{name} was submitted by someone else meanwhile; waiting for it")
-        else:
+        wait for it; PhaseFailed when it did not succeed, RunStopped when a pod refused its input."""
+        while True:
+            number = attempt + self.earlier.get(phase.tag, 0)
+            name = names.workflow_name(run.id, phase.tag, number)
+            found = self.workflows.get(self.namespace, name)
+            if found is None:
+                try:
+                    self.workflows.create(self.namespace, self.body(run, phase, number))
+                    self.log(f"submitted {name} ({phase.name})")
+                except AlreadyExists:
+                    self.log(f"{name} was submitted by someone else meanwhile; waiting for it")
+                break
+            outcome = (found.get("status") or {}).get("phase")
+            if outcome in ("Failed", "Error"):  # not this start's: its attempts get names of their own
+                self.log(f"found {name} from an earlier start, {outcome}: {failure_reason(found)}; trying again")
+                self.earlier[phase.tag] = self.earlier.get(phase.tag, 0) + 1
+                continue
             self.log(f"found {name} from an earlier start; waiting for it")
+            break
         workflow = self.wait(name)
         if workflow is None:
             raise PhaseFailed(f"{name} Error: the Workflow was deleted")
         outcome = workflow["status"]["phase"]
         if outcome == "Succeeded":
             return
-        if refused_input(workflow):  # the same spec and store would fail the same way: stop now
+        codes = exit_codes(workflow)
+        if "2" in codes:  # a pod refused its input: the same spec and store would fail the same way
             raise RunStopped(f"{name} {outcome}: {failure_reason(workflow)} (bad input: not retried)")
-        raise PhaseFailed(f"{name} {outcome}: {failure_reason(workflow)}")
+        raise PhaseFailed(f"{name} {outcome}: {failure_reason(workflow)}", transient=str(TRANSIENT_EXIT) in codes)
 
     def wait(self, name: str) -> dict | None:
         """The Workflow once it has finished (Succeeded, Failed or Error), or None if it was deleted."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from esgd.core import keys
-from esgd.core.errors import RunStopped
+from esgd.core.errors import RunStopped, RunUnavailable
 from esgd.core.metrics import progress_line, summarize
 from esgd.core.plan import Phase, generation_marker, phases
 from esgd.core.records import HistoryRow
@@ -24,7 +24,11 @@ from esgd.store.run import RunRef
 
 class PhaseFailed(Exception):
     """One attempt of a phase failed (an engine's word, e.g. a Workflow that failed); the driver
-    decides whether to try again."""
+    decides whether to try again. `transient`: its steps failed on transient trouble (exit 75)."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class Engine(Protocol):
@@ -38,6 +42,10 @@ class Engine(Protocol):
     def split(self, spec: RunSpec) -> tuple[int, int]:
         """(individuals per train or finetune step, offspring per evaluate step): how the plan's
         stages are cut into steps that may run in parallel."""
+        ...
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds the driver waits after failed attempt `attempt` before the next one."""
         ...
 
     def run_phase(self, run: RunRef, phase: Phase, attempt: int) -> None:
@@ -62,8 +70,14 @@ def generation_summary(run: RunRef, generation: int) -> dict:
 
 
 class Driver:
-    def __init__(self, run: RunRef, engine: Engine, log: Callable[[str], None] = print):
-        self.run, self.engine, self.log = run, engine, log
+    def __init__(
+        self,
+        run: RunRef,
+        engine: Engine,
+        log: Callable[[str], None] = print,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.run, self.engine, self.log, self.sleep = run, engine, log, sleep
 
     def remaining(self, done: int) -> list[Phase]:
         """The phases after `done` committed generations, in order; the final one unless committed."""
@@ -88,13 +102,13 @@ class Driver:
 
     def complete(self, phase: Phase) -> None:
         """Hand `phase` to the engine, up to engine.attempts times, until the store shows it committed."""
-        last = ""
+        last = PhaseFailed("")
         for attempt in range(self.engine.attempts):
             try:
                 self.engine.run_phase(self.run, phase, attempt)
                 failure = None
             except PhaseFailed as error:
-                failure = str(error)
+                failure = last = error
             if self.committed(phase):
                 return  # also when the engine says it failed: e.g. a successful Workflow deleted by its TTL
             if failure is None:
@@ -102,7 +116,11 @@ class Driver:
                     f"{self.engine.name} ran {phase.name} but it is not committed in {self.run.uri}: "
                     "do the steps and the driver use the same store?"
                 )
-            last = failure
             left = self.engine.attempts - attempt - 1
-            self.log(failure + (f"; on to the next attempt ({left} left)" if left else ""))
-        raise RunStopped(f"{phase.name} failed {self.engine.attempts} time(s); last: {last}")
+            if not left:
+                break
+            delay = self.engine.retry_delay(attempt)
+            self.log(f"{failure}; on to the next attempt ({left} left) in {delay:g} s")
+            self.sleep(delay)
+        stopped = RunUnavailable if last.transient else RunStopped
+        raise stopped(f"{phase.name} failed {self.engine.attempts} time(s); last: {last}")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from esgd.controller.driver import Driver, Engine, PhaseFailed
+from esgd.core.errors import TRANSIENT_EXIT
 from esgd.core.plan import Phase, Step
 from esgd.core.spec import RunSpec
 from esgd.store.run import RunRef
@@ -40,6 +41,9 @@ class InProcess:
 
     def split(self, spec: RunSpec) -> tuple[int, int]:
         return spec.mu, spec.population.offspring
+
+    def retry_delay(self, attempt: int) -> float:
+        return 0.0  # one attempt: never asked
 
     def worker(self, ref: RunRef) -> Run:
         if ref.uri not in self._runs:
@@ -79,7 +83,8 @@ class LocalGPUs(InProcess):
         failed = [(argv, proc.returncode) for argv, proc in procs if proc.wait() != 0]
         if failed:  # the worker printed why; the driver stops the run (one attempt: it would fail again)
             argv, code = failed[0]
-            raise PhaseFailed(f"esgd-worker {' '.join(argv)} exited with code {code}")
+            message = f"esgd-worker {' '.join(argv)} exited with code {code}"
+            raise PhaseFailed(message, transient=all(c == TRANSIENT_EXIT for _, c in failed))
 
 
 def local_engine(device: str | None) -> Engine:

@@ -15,6 +15,7 @@ from typing import BinaryIO, TypeVar
 from urllib.parse import urlparse
 
 from esgd.core import records
+from esgd.core.errors import TransientError
 from esgd.core.records import BlobRef
 
 R = TypeVar("R")
@@ -22,6 +23,10 @@ R = TypeVar("R")
 
 class StoreError(Exception):
     """The store cannot be used (not writable, unreachable, refused)."""
+
+
+class StoreUnavailable(StoreError, TransientError):
+    """The store cannot be reached now (connection refused or lost, timeouts, 5xx, throttling)."""
 
 
 class NotFound(StoreError):

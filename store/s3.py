@@ -32,7 +32,7 @@ import botocore.exceptions as bex
 from botocore.config import Config
 
 from esgd.core.records import BlobRef
-from esgd.store.base import NotFound, Store, StoreError, redacted
+from esgd.store.base import NotFound, Store, StoreError, StoreUnavailable, redacted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -240,7 +240,7 @@ class S3Store(Store):
                 bex.ReadTimeoutError: "no response in time",
                 bex.EndpointConnectionError: "connection failed",
             }.get(type(error), "connection lost")
-            return StoreError(f"cannot reach the S3 endpoint {self.endpoint} for {where}: {reason}{tried}")
+            return StoreUnavailable(f"cannot reach the S3 endpoint {self.endpoint} for {where}: {reason}{tried}")
         if isinstance(error, bex.ClientError):
             code, status = _code(error), _status(error)
             message = _one_line(error.response.get("Error", {}).get("Message", "")) or f"HTTP {status}"
@@ -258,7 +258,8 @@ class S3Store(Store):
                     f"S3 {action} {where}: {what} ({code or status}) at {self.endpoint}: check AWS_ACCESS_KEY_ID / "
                     "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and their permissions on the bucket"
                 )
-            return StoreError(self._scrub(f"S3 {action} {where} failed: {code or status}: {message}{tried}"))
+            kind = StoreUnavailable if _transient(error) else StoreError  # 5xx, throttling: it may pass
+            return kind(self._scrub(f"S3 {action} {where} failed: {code or status}: {message}{tried}"))
         if isinstance(error, bex.BotoCoreError):
             return StoreError(self._scrub(f"S3 {action} {where} failed: {_one_line(error)}{tried}"))
         raise error

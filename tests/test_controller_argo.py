@@ -141,7 +141,7 @@ def controller(fake, run, log=None, **settings) -> Driver:
     """The driver with the Argo engine, as `esgd controller` makes them; `.sleeps` records the polls."""
     sleeps, log = [], log if log is not None else (lambda line: None)
     engine = ArgoEngine(fake, parse_settings({"pollSeconds": 5, **settings}), NAMESPACE, sleep=sleeps.append, log=log)
-    driver = Driver(run, engine, log)
+    driver = Driver(run, engine, log, sleep=sleeps.append)
     driver.sleeps = sleeps
     return driver
 
@@ -220,19 +220,16 @@ def test_a_worker_that_refuses_its_input_stops_the_run_at_once(run):
     assert created_names(fake) == ["tiny-run-g0000-a0"]
 
 
-def test_a_pod_that_failed_otherwise_is_tried_again():
-    from esgd.controller.argo import refused_input
+def test_the_exit_codes_of_failed_pods_are_read_from_outputs_and_messages():
+    from esgd.controller.argo import exit_codes
 
-    preempted = {
-        "status": {"phase": "Failed", "nodes": {"p": {"type": "Pod", "phase": "Failed", "message": "pod deleted"}}}
-    }
-    crashed = {
-        "status": {"phase": "Failed", "nodes": {"p": {"type": "Pod", "phase": "Error", "outputs": {"exitCode": "1"}}}}
-    }
-    refused = {
-        "status": {"phase": "Failed", "nodes": {"p": {"type": "Pod", "phase": "Failed", "outputs": {"exitCode": "2"}}}}
-    }
-    assert not refused_input(preempted) and not refused_input(crashed) and refused_input(refused)
+    def workflow(**node):
+        return {"status": {"phase": "Failed", "nodes": {"p": {"type": "Pod", "phase": "Failed", **node}}}}
+
+    assert exit_codes(workflow(message="pod deleted")) == set()
+    assert exit_codes(workflow(phase="Error", outputs={"exitCode": "1"})) == {"1"}
+    assert exit_codes(workflow(outputs={"exitCode": "2"})) == {"2"}
+    assert exit_codes(workflow(message="Error (exit code 75): esgd-worker: error: cannot reach ...")) == {"75"}
 
 
 def test_restart_continues_from_the_committed_state(run):
@@ -288,7 +285,7 @@ def test_a_deleted_workflow_counts_as_a_failed_attempt(run):
 
     fake, lines = Deleting(), []
     controller(fake, run, log=lines.append).complete(phase(run, 0))
-    assert "tiny-run-g0000-a0 Error: the Workflow was deleted; on to the next attempt (2 left)" in lines
+    assert "tiny-run-g0000-a0 Error: the Workflow was deleted; on to the next attempt (2 left) in 30 s" in lines
     assert next_phase(run) == 1
 
 
@@ -489,3 +486,71 @@ def test_a_task_the_first_pod_refuses_stops_the_run_with_its_message(tmp_path, m
         and "refused its task_args: task() got an unexpected keyword argument 'width'" in err
     )
     assert created_names(fakes[0]) == [created_names(fakes[0])[0]] and fakes[0].commands[0][1] == "init"
+
+
+def failed_pod(code: str, message: str) -> tuple[str, str, dict]:
+    """A scripted outcome: the Workflow failed because one pod exited with `code`."""
+    node = {
+        "type": "Pod",
+        "phase": "Failed",
+        "displayName": "train-m0-1",
+        "message": message,
+        "outputs": {"exitCode": code},
+    }
+    return "Failed", "child 'train-m0-1' failed", {"p": node}
+
+
+def test_a_transient_failure_is_tried_again_after_the_pods_back_off(run):
+    """Pods that exited 75 (a store that could not be reached, past their own retries) fail the
+    Workflow without stopping the run: the next attempt comes after retry.backoff, then doubled."""
+    unreachable = failed_pod("75", "Error (exit code 75): esgd-worker: error: cannot reach the S3 endpoint (transient)")
+    fake, lines = FakeWorkflows({names.workflow_name(run.id, "g0000", a): unreachable for a in (0, 1)}), []
+    ctl = controller(fake, run, log=lines.append)
+    ctl.drive()
+    assert created_names(fake)[:3] == ["tiny-run-g0000-a0", "tiny-run-g0000-a1", "tiny-run-g0000-a2"]
+    assert [s for s in ctl.sleeps if s != 5.0] == [30.0, 60.0]  # between the attempts (the rest: polls)
+    assert any(line.endswith("on to the next attempt (2 left) in 30 s") for line in lines)
+    assert run.store.exists(keys.final_manifest(run.id))
+
+
+def test_a_run_stopped_by_transient_trouble_exits_75(run):
+    from esgd.core.errors import RunUnavailable, TransientError
+
+    unreachable = failed_pod("75", "Error (exit code 75): esgd-worker: error: cannot reach the S3 endpoint (transient)")
+    fake = FakeWorkflows({names.workflow_name(run.id, "g0000", a): unreachable for a in range(3)})
+    with pytest.raises(RunUnavailable, match=r"generation 0 failed 3 time\(s\)") as error:
+        controller(fake, run).drive()
+    assert isinstance(error.value, TransientError)  # the command lines exit 75 on it
+
+
+def test_a_restarted_controller_tries_again_where_an_earlier_start_gave_up(run):
+    """An earlier start used up its attempts on generation 0 (they failed, their Workflows are kept
+    for days): a new start waits for none of them and submits the next attempt."""
+    failing = {names.workflow_name(run.id, "g0000", a): ("Failed", "node shutdown") for a in range(3)}
+    fake = FakeWorkflows(failing)
+    with pytest.raises(RunStopped, match=r"failed 3 time\(s\)"):
+        controller(fake, run).drive()
+    lines = []
+    controller(fake, RunRef.open(run.uri), log=lines.append).drive()  # the outage is over
+    assert created_names(fake)[3] == "tiny-run-g0000-a3"
+    assert "found tiny-run-g0000-a0 from an earlier start, Failed: node shutdown; trying again" in lines
+    assert run.store.exists(keys.final_manifest(run.id))
+
+
+def test_an_api_that_stays_unavailable_is_transient_trouble():
+    from esgd.controller.argo import ClusterUnavailable
+    from esgd.core.errors import TransientError
+
+    k8s = KubernetesWorkflows(FakeCustomObjectsApi([503] * 6), retries=5, sleep=lambda s: None)
+    with pytest.raises(ClusterUnavailable, match="the Kubernetes API answered 503") as error:
+        k8s.get("ns", "w")
+    assert isinstance(error.value, TransientError)
+
+
+def test_durations_are_read_as_argo_writes_them():
+    from esgd.controller.argo import duration
+    from esgd.core.errors import InputError
+
+    assert [duration(d) for d in ("30s", "10m", "1h30m", "250ms")] == [30, 600, 5400, 0.25]
+    with pytest.raises(InputError, match="not a duration"):
+        duration("ten minutes")

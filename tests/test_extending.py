@@ -159,6 +159,9 @@ class Backwards:
     def split(self, spec: RunSpec) -> tuple[int, int]:
         return 1, 1
 
+    def retry_delay(self, attempt: int) -> float:
+        return 0.0  # nothing to wait for: the failure was this engine's own doing
+
     def run_phase(self, run: RunRef, phase: Phase, attempt: int) -> None:
         worker = self.workers.setdefault(run.uri, Run(run, "cpu"))
         for index, stage in enumerate(phase.stages):
@@ -178,7 +181,8 @@ def test_a_new_engine_drives_a_run_to_the_same_history(tmp_path):
     Driver(run, engine, log.append).drive()
     assert history(run.uri) == history(reference.uri)
     assert (
-        "g0000 attempt 0: preempted; on to the next attempt (1 left)" in log and log[-1] == "run backwards is complete"
+        "g0000 attempt 0: preempted; on to the next attempt (1 left) in 0 s" in log
+        and log[-1] == "run backwards is complete"
     )
     attempts: dict[str, list[int]] = {}
     for tag, attempt in engine.ran:

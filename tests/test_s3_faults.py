@@ -118,11 +118,12 @@ def test_server_crash_mid_step_fails_clearly_then_esgd_run_resumes(
     uri = "s3://faults/crash"
     hook, committed = commits_under("/offspring/", 2, lambda: own_server.stop(kill=True))
     monkeypatch.setattr(S3Store, "commit", hook)
-    assert main(["run", spec_file, "--store", uri, "--device", "cpu"]) == 2  # evolve dies half-way
+    assert main(["run", spec_file, "--store", uri, "--device", "cpu"]) == 75  # evolve dies half-way: transient
     assert any("; retry " in r.getMessage() for r in caplog.records)  # the retries are logged...
     lines = capsys.readouterr().err.strip().splitlines()
     assert [line for line in lines if line.startswith("esgd: error:")] == lines[-1:]  # ...then one error line
     assert lines[-1].startswith("esgd: error: cannot reach the S3 endpoint") and "gave up after" in lines[-1]
+    assert lines[-1].endswith("(it may pass: run the same command again)")
     monkeypatch.undo()
     use_server(monkeypatch, own_server)
 
@@ -281,7 +282,7 @@ def test_driver_killed_between_steps_and_run_again_gives_the_same_history(s3_uri
 @pytest.mark.parametrize(
     "fault", ["wrong secret", "unknown access key", "missing bucket", "unreachable endpoint", "no credentials"]
 )
-def test_unusable_store_gives_one_clear_line_exit_2_and_writes_nothing(
+def test_unusable_store_gives_one_clear_line_exit_2_or_75_and_writes_nothing(
     fault, seaweed, s3_uri, spec_file, monkeypatch, capsys
 ):
     uri = s3_uri
@@ -304,10 +305,10 @@ def test_unusable_store_gives_one_clear_line_exit_2_and_writes_nothing(
         monkeypatch.delenv("AWS_ACCESS_KEY_ID")
         monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     began = time.monotonic()
-    code = main(["run", spec_file, "--store", uri])
+    code = main(["run", spec_file, "--store", uri])  # 75 for an endpoint that may come back, else 2
     elapsed = time.monotonic() - began
     out, err = capsys.readouterr()
-    assert code == 2 and out == ""
+    assert code == (75 if fault == "unreachable endpoint" else 2) and out == ""
     line = one_error_line(err)
     assert expected in line, line
     assert elapsed < 20  # bounded timeouts and retries, not minutes
@@ -340,3 +341,16 @@ def test_test_servers_refuse_unsigned_requests(seaweed):
     )
     with pytest.raises(Exception, match="AccessDenied|Forbidden|403"):
         anonymous.list_objects_v2(Bucket=TEST_BUCKET, MaxKeys=1)
+
+
+def test_a_worker_that_cannot_reach_the_store_exits_75_not_2(s3_uri, monkeypatch, capsys):
+    """Transient trouble is not bad input: a worker whose store is unreachable exits 75, which Argo's
+    retry expression retries (it never retries 2), and names the endpoint."""
+    from esgd.cli.worker import main as worker
+
+    run = create_or_resume(open_store(s3_uri), parse_spec(SPEC), "transient")[0]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # the store goes away
+    monkeypatch.setenv("ESGD_S3_RETRIES", "2")
+    assert worker(["init", "--run", run.uri, "--device", "cpu"]) == 75
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("esgd-worker: error: cannot reach the S3 endpoint") and err.endswith("(transient)")
