@@ -127,35 +127,58 @@ def current_namespace(settings: ClusterSettings) -> str:
         return "default"
 
 
-def failure_reason(workflow: dict) -> str:
-    """The Workflow's message plus the first failed pod's, e.g. `pod deleted` or an exit code."""
+def failed_pods(workflow: dict) -> list[dict]:
+    """The Workflow's pods that failed for good: of a retried step only its last try counts (a try
+    that failed before a retry succeeded is no reason the Workflow failed)."""
+    nodes = (workflow.get("status") or {}).get("nodes") or {}
+    earlier = {
+        child for node in nodes.values() if node.get("type") == "Retry" for child in (node.get("children") or [])[:-1]
+    }
+    return [
+        node
+        for key, node in nodes.items()
+        if node.get("type") == "Pod" and node.get("phase") in ("Failed", "Error") and key not in earlier
+    ]
+
+
+def exit_code(pod: dict) -> str | None:
+    """A failed pod's exit code: 2, a worker that refused its input (which no retry fixes); 75,
+    transient trouble (docs/kubernetes.md)."""
+    found = re.search(r"\bexit code (\d+)\b", pod.get("message") or "")
+    return (pod.get("outputs") or {}).get("exitCode") or (found and found.group(1))
+
+
+def pod_message(pod: dict) -> str:
+    """A pod's message in one line: Argo's reason and the command's last line (a failed command's
+    last log lines are its termination message: FallbackToLogsOnError)."""
+    lines = [line for line in (pod.get("message") or "").splitlines() if line.strip()]
+    if len(lines) < 2:
+        return lines[0] if lines else ""
+    reason = re.match(r"^.*?\(exit code \d+\): ?", lines[0])
+    return (reason.group(0) if reason else "") + lines[-1].strip()
+
+
+def failure_reason(workflow: dict, pods: list[dict] | None = None) -> str:
+    """The Workflow's message plus a failed pod's (the first of `pods`, by default of those that
+    failed for good), e.g. `pod deleted` or an exit code with the worker's line."""
     status = workflow.get("status") or {}
     parts = [status.get("message") or ""]
-    for node in (status.get("nodes") or {}).values():
-        if node.get("type") == "Pod" and node.get("phase") in ("Failed", "Error") and node.get("message"):
-            parts.append(f"{node.get('displayName', node.get('name'))}: {node['message']}")
+    for node in failed_pods(workflow) if pods is None else pods:
+        if node.get("message"):
+            parts.append(f"{node.get('displayName', node.get('name'))}: {pod_message(node)}")
             break
     return "; ".join(p for p in parts if p) or "no message"
 
 
 def duration(text: str) -> float:
-    """Seconds of an Argo (Go) duration such as "30s", "10m", "1h30m"; InputError if it is not one."""
+    """Seconds of an Argo duration: a number of seconds ("30") or a Go duration ("30s", "10m",
+    "1h30m"); InputError if it is not one."""
+    if text.isdigit():
+        return float(text)
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
     if not parts or "".join(a + b for a, b in parts) != text:
         raise InputError(f"settings: {text!r} is not a duration such as 30s, 10m or 1h")
     return sum(float(value) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit] for value, unit in parts)
-
-
-def exit_codes(workflow: dict) -> set[str]:
-    """The exit codes of the Workflow's failed pods: 2, a worker that refused its input (which no
-    retry fixes); 75, transient trouble (docs/kubernetes.md)."""
-    codes = set()
-    for node in ((workflow.get("status") or {}).get("nodes") or {}).values():
-        if node.get("type") == "Pod" and node.get("phase") in ("Failed", "Error"):
-            code = (node.get("outputs") or {}).get("exitCode")
-            found = re.search(r"\bexit code (\d+)\b", node.get("message") or "")
-            codes |= {c for c in (code, found and found.group(1)) if c}
-    return codes
 
 
 def cluster_check(workflows: Workflows, namespace: str, store=None, log: Callable[[str], None] = print) -> None:
@@ -233,10 +256,12 @@ class ArgoEngine:
         outcome = workflow["status"]["phase"]
         if outcome == "Succeeded":
             return
-        codes = exit_codes(workflow)
-        if "2" in codes:  # a pod refused its input: the same spec and store would fail the same way
-            raise RunStopped(f"{name} {outcome}: {failure_reason(workflow)} (bad input: not retried)")
-        raise PhaseFailed(f"{name} {outcome}: {failure_reason(workflow)}", transient=str(TRANSIENT_EXIT) in codes)
+        pods = failed_pods(workflow)
+        refused = [pod for pod in pods if exit_code(pod) == "2"]
+        if refused:  # a pod refused its input: the same spec and store would fail the same way
+            raise RunStopped(f"{name} {outcome}: {failure_reason(workflow, refused)} (bad input: not retried)")
+        transient = bool(pods) and all(exit_code(pod) == str(TRANSIENT_EXIT) for pod in pods)
+        raise PhaseFailed(f"{name} {outcome}: {failure_reason(workflow)}", transient=transient)
 
     def wait(self, name: str) -> dict | None:
         """The Workflow once it has finished (Succeeded, Failed or Error), or None if it was deleted."""

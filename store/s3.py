@@ -148,7 +148,8 @@ def _transient(error: Exception) -> bool:
     if isinstance(error, _CONNECTION):
         return True
     if isinstance(error, bex.ClientError):
-        return _code(error) in _TRANSIENT or _status(error) >= 500 or _status(error) == 409
+        status = _status(error)  # 501 Not Implemented: the server will not do it, ever
+        return _code(error) in _TRANSIENT or (status >= 500 and status != 501) or status == 409
     return False
 
 

@@ -171,3 +171,20 @@ def test_an_output_path_that_cannot_be_written(tmp_path, capsys):
     )
     errors = [line for line in err.splitlines() if line.startswith("esgd: error:")]
     assert code == 2 and len(errors) == 1 and str(blocker / "wf.yaml") in errors[0] and out == ""
+
+
+def test_a_store_that_cannot_be_reached_is_not_a_bad_checkpoint(monkeypatch):
+    """The task check reads the checkpoints a spec names; an outage of their store is transient
+    trouble (exit 75, retried), not a spec error (exit 2, never retried)."""
+    from esgd.core.spec import parse_spec
+    from esgd.store.base import StoreUnavailable
+    from esgd.worker import preflight
+    from esgd.worker.task import load_task
+
+    def unreachable(path):
+        raise StoreUnavailable("cannot reach the S3 endpoint http://minio:9000: connection failed")
+
+    spec = parse_spec(tiny(reference={"checkpoint": "s3://bucket/runs/r/final/best.arrow"}))
+    monkeypatch.setattr(preflight, "read_uri", unreachable)
+    with pytest.raises(StoreUnavailable):
+        preflight.check(spec, load_task(spec.task, spec.task_args))

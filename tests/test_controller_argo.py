@@ -220,16 +220,34 @@ def test_a_worker_that_refuses_its_input_stops_the_run_at_once(run):
     assert created_names(fake) == ["tiny-run-g0000-a0"]
 
 
-def test_the_exit_codes_of_failed_pods_are_read_from_outputs_and_messages():
-    from esgd.controller.argo import exit_codes
+def test_the_pods_that_failed_for_good_are_read_from_outputs_and_messages():
+    from esgd.controller.argo import exit_code, failed_pods, failure_reason
 
-    def workflow(**node):
-        return {"status": {"phase": "Failed", "nodes": {"p": {"type": "Pod", "phase": "Failed", **node}}}}
+    def pod(**node):
+        return {"type": "Pod", "phase": "Failed", **node}
 
-    assert exit_codes(workflow(message="pod deleted")) == set()
-    assert exit_codes(workflow(phase="Error", outputs={"exitCode": "1"})) == {"1"}
-    assert exit_codes(workflow(outputs={"exitCode": "2"})) == {"2"}
-    assert exit_codes(workflow(message="Error (exit code 75): esgd-worker: error: cannot reach ...")) == {"75"}
+    assert exit_code(pod(message="pod deleted")) is None
+    assert exit_code(pod(phase="Error", outputs={"exitCode": "1"})) == "1"
+    assert exit_code(pod(message="Error (exit code 75): esgd-worker: error: cannot reach ...")) == "75"
+    # a step retried after exit 75 that then ran out of memory failed for good on its last try only
+    retried = {
+        "status": {
+            "phase": "Failed",
+            "nodes": {
+                "r": {"type": "Retry", "phase": "Failed", "children": ["a", "b"]},
+                "a": pod(displayName="train(0)", outputs={"exitCode": "75"}, message="Error (exit code 75): x"),
+                "b": pod(displayName="train(1)", outputs={"exitCode": "137"}, message="OOMKilled (exit code 137)"),
+            },
+        }
+    }
+    assert [exit_code(p) for p in failed_pods(retried)] == ["137"]
+    assert failure_reason(retried) == "train(1): OOMKilled (exit code 137)"
+    # a log tail as termination message is one line: Argo's reason and the worker's last line
+    tail = pod(displayName="init", message="Error (exit code 2): warning: slow\nesgd-worker: error: task refused\n")
+    assert (
+        failure_reason({"status": {"nodes": {"p": tail}}})
+        == "init: Error (exit code 2): esgd-worker: error: task refused"
+    )
 
 
 def test_restart_continues_from_the_committed_state(run):
@@ -551,6 +569,6 @@ def test_durations_are_read_as_argo_writes_them():
     from esgd.controller.argo import duration
     from esgd.core.errors import InputError
 
-    assert [duration(d) for d in ("30s", "10m", "1h30m", "250ms")] == [30, 600, 5400, 0.25]
+    assert [duration(d) for d in ("30s", "10m", "1h30m", "250ms", "45")] == [30, 600, 5400, 0.25, 45]
     with pytest.raises(InputError, match="not a duration"):
         duration("ten minutes")

@@ -4,6 +4,7 @@ data is, which on a cluster is the first pod: the controller loads neither torch
 
 import torch
 
+from esgd.core.errors import TransientError
 from esgd.core.spec import RunSpec, SpecError
 from esgd.store import checkpoint
 from esgd.store.base import StoreError
@@ -37,6 +38,8 @@ def check(spec: RunSpec, task: Task) -> None:
         if path:
             try:
                 data = read_uri(path)
+            except TransientError:
+                raise  # the store may come back: not bad input
             except (OSError, StoreError) as error:
                 raise SpecError(f"{field}: cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
             try:
