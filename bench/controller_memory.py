@@ -33,7 +33,8 @@ class RefusedByTheFirstPod:
         return self.objects.get(name)
 
     def create(self, namespace, body):
-        pod = {"type": "Pod", "phase": "Failed", "outputs": {"exitCode": "2"}, "message": "Error (exit code 2)"}
+        pod = {"type": "Pod", "phase": "Failed", "displayName": "init", "outputs": {"exitCode": "2"},
+               "message": "Error (exit code 2)"}
         self.objects[body["metadata"]["name"]] = {"status": {"phase": "Failed", "message": "", "nodes": {"p": pod}}}
 
 argo.KubernetesWorkflows = RefusedByTheFirstPod

@@ -165,7 +165,7 @@ def failure_reason(workflow: dict, pods: list[dict] | None = None) -> str:
     parts = [status.get("message") or ""]
     for node in failed_pods(workflow) if pods is None else pods:
         if node.get("message"):
-            parts.append(f"{node.get('displayName', node.get('name'))}: {pod_message(node)}")
+            parts.append(f"{node.get('displayName') or node.get('name') or 'a pod'}: {pod_message(node)}")
             break
     return "; ".join(p for p in parts if p) or "no message"
 

@@ -12,6 +12,7 @@ import io
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -443,45 +444,20 @@ def test_the_controller_resumes_a_run_by_uri_without_torch(run):
     assert "run tiny-run is complete" in done.stderr
 
 
-START_WITHOUT_TORCH = """
-import sys
-import esgd.controller.argo as argo
-
-class RefusedByTheFirstPod:
-    '''Every Workflow ends as one whose init pod refused its task (what the pod would do here).'''
-
-    def __init__(self):
-        self.objects = {}
-
-    def get(self, namespace, name):
-        return self.objects.get(name)
-
-    def create(self, namespace, body):
-        pod = {"type": "Pod", "phase": "Failed", "displayName": "init", "outputs": {"exitCode": "2"},
-               "message": "Error (exit code 2): esgd-worker: error: task ... refused its task_args"}
-        self.objects[body["metadata"]["name"]] = {"status": {"phase": "Failed", "nodes": {"p": pod}}}
-
-argo.KubernetesWorkflows = RefusedByTheFirstPod
-from esgd.cli.main import main
-code = main(["controller", sys.argv[1], "--store", sys.argv[2], "--run-id", "r", "--namespace", "esgd"])
-print("torch" in sys.modules, code)
-"""
-
-
 def test_the_controller_starts_a_run_from_a_spec_without_torch_or_its_task(tmp_path):
     """`esgd controller SPEC` creates the run without loading the task (on CIFAR-10 that would load
-    the training set into the controller pod): the first pod checks it, and its refusal stops the run."""
+    the training set into the controller pod): the first pod checks it, and its refusal stops the run.
+    The controller runs as bench/controller_memory.py runs it: a fresh process, a stub Kubernetes API
+    whose Workflows fail in their first pod with exit code 2."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from controller_memory import CONTROLLER
+
     (tmp_path / "spec.yaml").write_text(SPEC)
     store = tmp_path / "store"
-    done = subprocess.run(
-        [sys.executable, "-c", START_WITHOUT_TORCH, str(tmp_path / "spec.yaml"), str(store)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.stdout.split()[-2:] == ["False", "2"], done.stdout + done.stderr
-    assert "esgd: run stopped: r-g0000-a0 Failed: init: Error (exit code 2)" in done.stderr
-    assert "refused its task_args (bad input: not retried)" in done.stderr
+    args = ["controller", str(tmp_path / "spec.yaml"), "--store", str(store), "--run-id", "r"]
+    done = subprocess.run([sys.executable, "-c", CONTROLLER, *args], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().endswith("torch imported: False"), done.stdout + done.stderr
+    assert "esgd: run stopped: r-g0000-a0 Failed: init: Error (exit code 2) (bad input: not retried)" in done.stderr
     assert (store / "runs" / "r" / "spec.yaml").is_file()  # created, frozen: the same command resumes it
 
 
