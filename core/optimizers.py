@@ -33,17 +33,11 @@ def unregister(name: str) -> None:
     FAMILIES.pop(name, None)
 
 
-def get(name: str) -> Family:
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise InputError(f"unknown optimizer family {name!r} (known: {', '.join(sorted(FAMILIES))})") from None
-
-
 def check_name(name: str) -> str:
-    """`name` if it is a known family; ValueError for a spec field's validator otherwise."""
+    """`name` if it is a known family; InputError (a ValueError, as spec validators raise) naming the
+    known ones otherwise."""
     if name not in FAMILIES:
-        raise ValueError(f"unknown optimizer family {name!r} (known: {', '.join(sorted(FAMILIES))})")
+        raise InputError(f"unknown optimizer family {name!r} (known: {', '.join(sorted(FAMILIES))})")
     return name
 
 

@@ -111,7 +111,7 @@ def unregister(name: str) -> None:
 
 
 def implementation(name: str) -> Implementation:
-    families.get(name)  # InputError naming the known families
+    families.check_name(name)  # InputError naming the known families
     try:
         return IMPLEMENTATIONS[name]
     except KeyError:
