@@ -26,13 +26,16 @@ import resource, sys
 import esgd.controller.argo as argo
 
 class RefusedByTheFirstPod:
-    def __init__(self):
+    def __init__(self, **settings):
         self.objects = {}
+
+    def installed(self, namespace):
+        pass
 
     def get(self, namespace, name):
         return self.objects.get(name)
 
-    def create(self, namespace, body):
+    def create(self, namespace, body, dry_run=False):
         pod = {"type": "Pod", "phase": "Failed", "displayName": "init", "outputs": {"exitCode": "2"},
                "message": "Error (exit code 2)"}
         self.objects[body["metadata"]["name"]] = {"status": {"phase": "Failed", "message": "", "nodes": {"p": pod}}}

@@ -86,30 +86,55 @@ def _open_run(args):
     return run, not resumed
 
 
+def _workflows(settings: ClusterSettings):
+    from esgd.controller.argo import KubernetesWorkflows
+
+    return KubernetesWorkflows(retry_seconds=settings.outage_seconds, timeout=settings.api_timeout_seconds, log=log)
+
+
+def _owner(text: str | None, namespace: str):
+    """The owner of the generation Workflows (--owner), if it can own them: an ownerReference
+    must point into the same namespace."""
+    from esgd.controller.argo import pod_namespace
+    from esgd.workflows.owner import Owner
+
+    if not text:
+        return None
+    owner = Owner.parse(text)
+    if pod_namespace() not in (None, namespace):
+        log(f"esgd: warning: {owner} is in namespace {pod_namespace()}, not {namespace}: it cannot own the Workflows")
+        return None
+    return owner
+
+
 def _controller(args) -> int:
-    from esgd.controller.argo import ArgoEngine, KubernetesWorkflows, current_namespace
+    from esgd.controller.argo import ArgoEngine, current_namespace
     from esgd.controller.driver import Driver
 
     settings = load_settings(args.settings)
     if args.namespace:
         settings = settings.model_copy(update={"namespace": args.namespace})
-    run, created = _open_run(args)
     namespace = current_namespace(settings)
+    owner = _owner(args.owner, namespace)
+    workflows = _workflows(settings)
+    workflows.installed(namespace)  # before anything is created: no CRD, no run
+    run, created = _open_run(args)
     log(f"{'starting' if created else 'resuming'} {run.uri} on the cluster (namespace {namespace})")
-    Driver(run, ArgoEngine(KubernetesWorkflows(), settings, namespace, log=log), log).drive()
+    engine = ArgoEngine(workflows, settings, namespace, log=log, owner=owner)
+    Driver(run, engine, log, patience=settings.outage_seconds).drive()
     print(run.uri)
     return 0
 
 
 def _cluster_check(args) -> int:
-    from esgd.controller.argo import ClusterRunError, KubernetesWorkflows, cluster_check, current_namespace
+    from esgd.controller.argo import ClusterRunError, cluster_check, current_namespace
     from esgd.store.uri import open_store
 
     settings = load_settings(args.settings)
     log(f"ok: settings load (image {settings.image})")
     store = _store(args, required=False)
     try:
-        cluster_check(KubernetesWorkflows(), current_namespace(settings), open_store(store) if store else None, log)
+        cluster_check(_workflows(settings), current_namespace(settings), open_store(store) if store else None, log)
     except ClusterRunError as error:
         log(f"esgd: check failed: {error}")
         return 1
@@ -147,6 +172,12 @@ def add_parsers(sub) -> None:
         "target", metavar="SPEC|RUN_URI", help="a run spec (creates or resumes the run in --store) or a run URI"
     )
     ctl.add_argument("--namespace", help="namespace of the Workflows (default: settings, else this pod's)")
+    ctl.add_argument(
+        "--owner",
+        metavar="KIND/NAME/UID",
+        help="workflow/NAME/UID or job/NAME/UID: the object running this controller, made owner of the "
+        "generation Workflows so that deleting it deletes them (the launcher and the chart pass it)",
+    )
     ctl.set_defaults(handler=_controller)
 
     chk = sub.add_parser(

@@ -7,7 +7,8 @@ submitted instead of submitting them again; the driver hands a failed phase back
 attempt, at most `generationAttempts` times in all. It imports no worker code and no torch: the
 pods run the steps.
 
-It makes two Kubernetes calls, on custom objects `workflows.argoproj.io/v1alpha1`: create and get.
+It makes three Kubernetes calls, on custom objects `workflows.argoproj.io/v1alpha1`: create, get,
+and one list at start to find out that Argo is installed (the chart's Role grants exactly these).
 """
 
 import re
@@ -23,6 +24,7 @@ from esgd.core.spec import RunSpec
 from esgd.store.run import RunRef
 from esgd.workflows import names
 from esgd.workflows.generation import phase_workflow
+from esgd.workflows.owner import Owner
 from esgd.workflows.settings import ClusterSettings
 
 GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "workflows"
@@ -43,18 +45,32 @@ class AlreadyExists(Exception):
 
 
 class Workflows(Protocol):
-    """The two calls the controller makes."""
+    """The Kubernetes calls the controller makes."""
 
-    def create(self, namespace: str, body: dict) -> dict: ...
+    def create(self, namespace: str, body: dict, dry_run: bool = False) -> dict:
+        """Create the Workflow (dry run: only ask the API server whether it would)."""
 
     def get(self, namespace: str, name: str) -> dict | None:
         """The Workflow, or None when there is none of that name."""
 
+    def installed(self, namespace: str) -> None:
+        """Nothing if Workflows can be listed here; ClusterRunError naming what is missing if not."""
+
 
 class KubernetesWorkflows:
-    """Workflows through the Kubernetes API (in-cluster config, else the local kubeconfig)."""
+    """Workflows through the Kubernetes API (in-cluster config, else the local kubeconfig). Each
+    request has a timeout; an API that cannot be reached or answers 429/5xx is retried with
+    exponential back-off (1, 2, 4, ... 30 s), one line per wait, for `retry_seconds` in all (long
+    enough to ride out an API server restart) before ClusterUnavailable."""
 
-    def __init__(self, api=None, retries: int = 5, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        api=None,
+        retry_seconds: float = 1800,
+        timeout: float = 30,
+        sleep: Callable[[float], None] = time.sleep,
+        log: Callable[[str], None] = print,
+    ):
         if api is None:
             from kubernetes import client, config
 
@@ -68,38 +84,40 @@ class KubernetesWorkflows:
                         f"no Kubernetes API: not in a cluster and no usable kubeconfig ({error})"
                     ) from None
             api = client.CustomObjectsApi()
-        self.api, self.retries, self.sleep = api, retries, sleep
+        self.api, self.retry_seconds, self.timeout, self.sleep, self.log = api, retry_seconds, timeout, sleep, log
 
-    def _call(self, fn, *args):
+    def _call(self, fn, *args, **kwargs):
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        for attempt in range(self.retries + 1):
+        waited, attempt = 0.0, 0
+        while True:
             try:
-                return fn(GROUP, VERSION, *args)
+                return fn(GROUP, VERSION, *args, _request_timeout=self.timeout, **kwargs)
             except ApiException as error:
                 if error.status not in (429, 500, 502, 503, 504):
                     raise
-                if attempt == self.retries:
-                    raise ClusterUnavailable(f"the Kubernetes API answered {error.status} {error.reason}") from None
-            except HTTPError as error:
-                if attempt == self.retries:
-                    raise ClusterUnavailable(
-                        f"the Kubernetes API cannot be reached ({type(error).__name__}: {error})"
-                    ) from None
-            self.sleep(min(2**attempt, 30))
+                trouble = f"the Kubernetes API answered {error.status} {error.reason}"
+            except HTTPError as error:  # refused, reset, timed out
+                trouble = f"the Kubernetes API cannot be reached ({type(error).__name__}: {error})"
+            if waited >= self.retry_seconds:
+                raise ClusterUnavailable(f"{trouble}, for {waited:.0f} s") from None
+            delay = min(2**attempt, 30, self.retry_seconds - waited)
+            self.log(f"{trouble}; trying again in {delay:g} s ({waited:.0f} of {self.retry_seconds:g} s)")
+            self.sleep(delay)
+            waited, attempt = waited + delay, attempt + 1
 
-    def create(self, namespace: str, body: dict) -> dict:
+    def create(self, namespace: str, body: dict, dry_run: bool = False) -> dict:
         from kubernetes.client.exceptions import ApiException
 
+        name = body["metadata"].get("name") or body["metadata"].get("generateName", "")
         try:
-            return self._call(self.api.create_namespaced_custom_object, namespace, PLURAL, body)
+            extra = {"dry_run": "All"} if dry_run else {}
+            return self._call(self.api.create_namespaced_custom_object, namespace, PLURAL, body, **extra)
         except ApiException as error:
             if error.status == 409:
-                raise AlreadyExists(body["metadata"]["name"]) from None
-            raise ClusterRunError(
-                f"cannot create Workflow {body['metadata']['name']}: {error.status} {error.reason}"
-            ) from None
+                raise AlreadyExists(name) from None
+            raise ClusterRunError(f"cannot create Workflow {name}: {error.status} {error.reason}") from None
 
     def get(self, namespace: str, name: str) -> dict | None:
         from kubernetes.client.exceptions import ApiException
@@ -111,13 +129,36 @@ class KubernetesWorkflows:
                 return None
             raise ClusterRunError(f"cannot read Workflow {name}: {error.status} {error.reason}") from None
 
+    def installed(self, namespace: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:  # a list answers 404 only when the API has no such resource: the CRD is missing
+            self._call(self.api.list_namespaced_custom_object, namespace, PLURAL, limit=1)
+        except ApiException as error:
+            if error.status == 404:
+                raise ClusterRunError(NOT_INSTALLED) from None
+            raise ClusterRunError(
+                f"cannot list Workflows in namespace {namespace}: {error.status} {error.reason}"
+            ) from None
+
+
+NOT_INSTALLED = (
+    f"Argo Workflows is not installed: the Kubernetes API has no {PLURAL}.{GROUP}/{VERSION} "
+    "(install Argo Workflows, https://argo-workflows.readthedocs.io)"
+)
+
+
+def pod_namespace() -> str | None:
+    """The namespace of the pod this runs in; None outside a pod."""
+    return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() if SERVICE_ACCOUNT_NAMESPACE.is_file() else None
+
 
 def current_namespace(settings: ClusterSettings) -> str:
     """The settings' namespace, else this pod's, else the kubeconfig context's, else `default`."""
     if settings.namespace:
         return settings.namespace
-    if SERVICE_ACCOUNT_NAMESPACE.is_file():
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    if pod_namespace():
+        return pod_namespace()
     try:
         from kubernetes import config
 
@@ -182,14 +223,27 @@ def duration(text: str) -> float:
 
 
 def cluster_check(workflows: Workflows, namespace: str, store=None, log: Callable[[str], None] = print) -> None:
-    """What `helm test` checks: the service account may read Workflows here (a get of a name that
-    does not exist answers 404, not 403) and, with a store, the store can be written."""
+    """What `helm test` checks: Argo Workflows is installed, this service account may read and
+    create Workflows here (a dry-run create: nothing is made) and, with a store, the store is
+    reachable. Raises ClusterRunError (or StoreError) with the first thing that is missing."""
+    workflows.installed(namespace)
+    log(f"ok: Argo Workflows is installed; Workflows in namespace {namespace} can be listed")
     workflows.get(namespace, "esgd-cluster-check")
     log(f"ok: Workflows in namespace {namespace} can be read")
+    workflows.create(namespace, CHECK_WORKFLOW, dry_run=True)
+    log(f"ok: Workflows in namespace {namespace} can be created (dry run)")
     if store is not None:
         store.check_writable()
         reachable = f"ok: store {store.uri} is reachable with these credentials"
         log(f"{reachable} (write permission is checked by the first write)")
+
+
+CHECK_WORKFLOW = {  # the smallest Workflow, for the dry-run create of cluster_check
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "Workflow",
+    "metadata": {"generateName": "esgd-cluster-check-"},
+    "spec": {"entrypoint": "main", "templates": [{"name": "main", "suspend": {}}]},
+}
 
 
 class ArgoEngine:
@@ -206,8 +260,9 @@ class ArgoEngine:
         namespace: str,
         sleep: Callable[[float], None] = time.sleep,
         log: Callable[[str], None] = print,
+        owner: Owner | None = None,
     ):
-        self.workflows, self.namespace = workflows, namespace
+        self.workflows, self.namespace, self.owner = workflows, namespace, owner
         self.settings = settings.model_copy(update={"namespace": namespace})
         self.sleep, self.log = sleep, log
         self.earlier: dict[str, int] = {}  # phase tag -> failed attempts found from earlier starts
@@ -227,7 +282,7 @@ class ArgoEngine:
         return min(first * factor**attempt, cap)
 
     def body(self, run: RunRef, phase: Phase, attempt: int) -> dict:
-        return phase_workflow(phase, self.settings, run.uri, run.id, attempt).to_dict()
+        return phase_workflow(phase, self.settings, run.uri, run.id, attempt, self.owner).to_dict()
 
     def run_phase(self, run: RunRef, phase: Phase, attempt: int) -> None:
         """Submit attempt `attempt` of the phase's Workflow (or find it, from an earlier start) and
@@ -264,11 +319,21 @@ class ArgoEngine:
         raise PhaseFailed(f"{name} {outcome}: {failure_reason(workflow)}", transient=transient)
 
     def wait(self, name: str) -> dict | None:
-        """The Workflow once it has finished (Succeeded, Failed or Error), or None if it was deleted."""
+        """The Workflow once it has finished (Succeeded, Failed or Error), or None if it was deleted.
+        ClusterUnavailable if Argo gives it no status within `statusTimeoutSeconds`: no Argo
+        controller watches it (not running, watching other namespaces, or an instanceID)."""
+        waited = 0.0
         while True:
             workflow = self.workflows.get(self.namespace, name)
             if workflow is None:
                 return None
-            if ((workflow.get("status") or {}).get("phase") or "Pending") in FINISHED:
+            phase = (workflow.get("status") or {}).get("phase")
+            if phase in FINISHED:
                 return workflow
+            if not phase and waited >= self.settings.status_timeout_seconds:
+                raise ClusterUnavailable(
+                    f"{name} has no status after {waited / 60:g} min: is Argo's workflow controller running "
+                    f"and watching namespace {self.namespace}? (its --namespaced/--managed-namespace, instanceID)"
+                )
             self.sleep(self.settings.poll_seconds)
+            waited += self.settings.poll_seconds

@@ -70,14 +70,19 @@ def generation_summary(run: RunRef, generation: int) -> dict:
 
 
 class Driver:
+    """Drives a run with an engine. `patience`: seconds the driver keeps trying a phase whose
+    attempts fail only on transient trouble (every failed step exited 75: the store or an API could
+    not be reached); such attempts do not count against engine.attempts, which is for real failures."""
+
     def __init__(
         self,
         run: RunRef,
         engine: Engine,
         log: Callable[[str], None] = print,
         sleep: Callable[[float], None] = time.sleep,
+        patience: float = 0.0,
     ):
-        self.run, self.engine, self.log, self.sleep = run, engine, log, sleep
+        self.run, self.engine, self.log, self.sleep, self.patience = run, engine, log, sleep, patience
 
     def remaining(self, done: int) -> list[Phase]:
         """The phases after `done` committed generations, in order; the final one unless committed."""
@@ -101,14 +106,15 @@ class Driver:
         self.log(f"run {self.run.id} is complete")
 
     def complete(self, phase: Phase) -> None:
-        """Hand `phase` to the engine, up to engine.attempts times, until the store shows it committed."""
-        last = PhaseFailed("")
-        for attempt in range(self.engine.attempts):
+        """Hand `phase` to the engine until the store shows it committed: up to engine.attempts
+        failed attempts, plus attempts that failed on transient trouble for up to `patience` seconds."""
+        attempt, failed, waited = 0, 0, 0.0
+        while True:
             try:
                 self.engine.run_phase(self.run, phase, attempt)
                 failure = None
             except PhaseFailed as error:
-                failure = last = error
+                failure = error
             if self.committed(phase):
                 return  # also when the engine says it failed: e.g. a successful Workflow deleted by its TTL
             if failure is None:
@@ -116,11 +122,18 @@ class Driver:
                     f"{self.engine.name} ran {phase.name} but it is not committed in {self.run.uri}: "
                     "do the steps and the driver use the same store?"
                 )
-            left = self.engine.attempts - attempt - 1
-            if not left:
-                break
-            delay = self.engine.retry_delay(attempt)
-            self.log(f"{failure}; on to the next attempt ({left} left) in {delay:g} s")
+            if failure.transient and waited < self.patience:
+                delay = min(self.engine.retry_delay(attempt - failed), self.patience - waited)
+                left = f"{waited:.0f} of {self.patience:g} s of transient trouble; not counted as a failed attempt"
+                self.log(f"{failure}; trying again in {delay:g} s ({left})")
+                waited += delay
+            else:
+                failed += 1
+                left = self.engine.attempts - failed
+                if not left:
+                    stopped = RunUnavailable if failure.transient else RunStopped
+                    raise stopped(f"{phase.name} failed {failed} time(s); last: {failure}")
+                delay = self.engine.retry_delay(failed - 1)
+                self.log(f"{failure}; on to the next attempt ({left} left) in {delay:g} s")
             self.sleep(delay)
-        stopped = RunUnavailable if last.transient else RunStopped
-        raise stopped(f"{phase.name} failed {self.engine.attempts} time(s); last: {last}")
+            attempt += 1

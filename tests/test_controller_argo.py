@@ -22,6 +22,7 @@ from esgd.controller.argo import (
     AlreadyExists,
     ArgoEngine,
     ClusterRunError,
+    ClusterUnavailable,
     KubernetesWorkflows,
     cluster_check,
     failure_reason,
@@ -34,6 +35,7 @@ from esgd.store.run import RunRef
 from esgd.store.uri import open_store
 from esgd.workflows import names
 from esgd.workflows.check import hera_problems
+from esgd.workflows.generation import device_args
 from esgd.workflows.settings import parse_settings
 
 from argo_schema import schema_problems
@@ -63,8 +65,15 @@ class FakeWorkflows:
         self.commands: list[list[str]] = []  # every pod command run, in order
         self.outcomes = outcomes or {}  # name -> (phase, message) reported instead of running
         self.hidden_once: set[str] = set()  # names a first get does not see (a racing submitter)
+        self.dry_runs: list[dict] = []  # bodies of dry-run creates (cluster_check)
 
-    def create(self, namespace: str, body: dict) -> dict:
+    def installed(self, namespace: str) -> None:
+        pass  # Argo is installed
+
+    def create(self, namespace: str, body: dict, dry_run: bool = False) -> dict:
+        if dry_run:
+            self.dry_runs.append(copy.deepcopy(body))
+            return copy.deepcopy(body)
         self.created.append((namespace, copy.deepcopy(body)))
         assert body["metadata"].get("namespace") in (None, namespace)
         key = (namespace, body["metadata"]["name"])
@@ -138,11 +147,12 @@ def run(tmp_path) -> RunRef:
     return run
 
 
-def controller(fake, run, log=None, **settings) -> Driver:
-    """The driver with the Argo engine, as `esgd controller` makes them; `.sleeps` records the polls."""
+def controller(fake, run, log=None, patience=0.0, **settings) -> Driver:
+    """The driver with the Argo engine, as `esgd controller` makes them (but no patience with
+    transient trouble unless given: outageSeconds); `.sleeps` records the polls and waits."""
     sleeps, log = [], log if log is not None else (lambda line: None)
     engine = ArgoEngine(fake, parse_settings({"pollSeconds": 5, **settings}), NAMESPACE, sleep=sleeps.append, log=log)
-    driver = Driver(run, engine, log, sleep=sleeps.append)
+    driver = Driver(run, engine, log, sleep=sleeps.append, patience=patience)
     driver.sleeps = sleeps
     return driver
 
@@ -160,7 +170,10 @@ def next_phase(run: RunRef) -> int | str | None:
 
 def expected_commands(run: RunRef, generations) -> list[list[str]]:
     """The worker commands of the plan for these phases (None: the final one)."""
-    return [["esgd-worker", *s.argv(run.uri)] for g in generations for s in phase(run, g).steps()]
+    settings = parse_settings({})
+    return [
+        ["esgd-worker", *s.argv(run.uri), *device_args(settings, s)] for g in generations for s in phase(run, g).steps()
+    ]
 
 
 def created_names(fake) -> list[str]:
@@ -350,14 +363,15 @@ class FakeCustomObjectsApi:
     def __init__(self, errors):
         self.errors, self.calls = list(errors), []
 
-    def _answer(self, *args):
-        self.calls.append(args)
+    def _answer(self, *args, _request_timeout=None, **kwargs):
+        assert _request_timeout is not None  # every request has a timeout
+        self.calls.append(args + tuple(kwargs.items()))
         error = self.errors.pop(0) if self.errors else None
         if error:
             raise ApiException(status=error, reason="scripted")
         return {"metadata": {"name": args[-1] if isinstance(args[-1], str) else args[-1]["metadata"]["name"]}}
 
-    create_namespaced_custom_object = get_namespaced_custom_object = _answer
+    create_namespaced_custom_object = get_namespaced_custom_object = list_namespaced_custom_object = _answer
 
 
 def test_kubernetes_client_adapter():
@@ -382,15 +396,26 @@ def test_kubernetes_client_adapter():
 def test_cluster_check(run):
     """What `helm test` runs: a get answered 404 means the Workflows can be read; a 403 stops it."""
     lines = []
-    cluster_check(FakeWorkflows(), NAMESPACE, run.store, lines.append)
+    fake = FakeWorkflows()
+    cluster_check(fake, NAMESPACE, run.store, lines.append)
     assert lines == [
+        f"ok: Argo Workflows is installed; Workflows in namespace {NAMESPACE} can be listed",
         f"ok: Workflows in namespace {NAMESPACE} can be read",
+        f"ok: Workflows in namespace {NAMESPACE} can be created (dry run)",
         f"ok: store {run.store.uri} is reachable with these credentials "
         "(write permission is checked by the first write)",
     ]
-    forbidden = KubernetesWorkflows(FakeCustomObjectsApi([403]), sleep=lambda s: None)
-    with pytest.raises(ClusterRunError, match="403"):
-        cluster_check(forbidden, NAMESPACE)
+    assert [b["metadata"]["generateName"] for b in fake.dry_runs] == ["esgd-cluster-check-"] and not fake.created
+    assert schema_problems(fake.dry_runs[0]) == []
+    for errors, message in (
+        ([404], "Argo Workflows is not installed"),  # the list: no CRD
+        ([403], "cannot list Workflows in namespace esgd: 403"),
+        ([None, None, 403], "cannot create Workflow esgd-cluster-check-: 403"),  # may read, may not create
+    ):
+        api = FakeCustomObjectsApi(errors)
+        with pytest.raises(ClusterRunError, match=message):
+            cluster_check(KubernetesWorkflows(api, sleep=lambda s: None, log=lines.append), NAMESPACE)
+    assert api.calls[-1][-1] == ("dry_run", "All")  # the create was a dry run: nothing was made
 
 
 def test_controller_cli_creates_then_resumes_a_run(tmp_path, monkeypatch, capsys):
@@ -400,7 +425,7 @@ def test_controller_cli_creates_then_resumes_a_run(tmp_path, monkeypatch, capsys
     from esgd.cli.main import main
 
     fakes = []
-    monkeypatch.setattr(argo, "KubernetesWorkflows", lambda: fakes.append(FakeWorkflows()) or fakes[-1])
+    monkeypatch.setattr(argo, "KubernetesWorkflows", lambda **_: fakes.append(FakeWorkflows()) or fakes[-1])
     (tmp_path / "spec.yaml").write_text(SPEC)
     (tmp_path / "settings.yaml").write_text(f"namespace: {NAMESPACE}\npollSeconds: 0.01\n")
     common = ["--settings", str(tmp_path / "settings.yaml")]
@@ -421,10 +446,16 @@ import sys
 import esgd.controller.argo as argo
 
 class NothingToSubmit:
+    def __init__(self, **settings):
+        pass
+
+    def installed(self, namespace):
+        pass
+
     def get(self, namespace, name):
         return None
 
-    def create(self, namespace, body):
+    def create(self, namespace, body, dry_run=False):
         raise AssertionError("a finished run submits nothing")
 
 argo.KubernetesWorkflows = NothingToSubmit
@@ -468,7 +499,7 @@ def test_a_task_the_first_pod_refuses_stops_the_run_with_its_message(tmp_path, m
     from esgd.cli.main import main
 
     fakes = []
-    monkeypatch.setattr(argo, "KubernetesWorkflows", lambda: fakes.append(FakeWorkflows()) or fakes[-1])
+    monkeypatch.setattr(argo, "KubernetesWorkflows", lambda **_: fakes.append(FakeWorkflows()) or fakes[-1])
     (tmp_path / "spec.yaml").write_text(SPEC.replace("task_args: {hidden: 8}", "task_args: {hidden: 8, width: 3}"))
     (tmp_path / "settings.yaml").write_text(f"namespace: {NAMESPACE}\npollSeconds: 0.01\n")
     args = ["controller", str(tmp_path / "spec.yaml"), "--store", str(tmp_path / "store")]
@@ -507,6 +538,33 @@ def test_a_transient_failure_is_tried_again_after_the_pods_back_off(run):
     assert run.store.exists(keys.final_manifest(run.id))
 
 
+def test_attempts_that_failed_on_transient_trouble_alone_are_not_counted(run):
+    """With outageSeconds of patience, five Workflows in a row whose pods all exited 75 (a store
+    outage longer than the pods' own retries) use up none of the three attempts; the waits between
+    them follow the pods' back-off, and the run ends as if nothing had happened."""
+    unreachable = failed_pod("75", "Error (exit code 75): esgd-worker: error: cannot reach the S3 endpoint (transient)")
+    fake, lines = FakeWorkflows({names.workflow_name(run.id, "g0001", a): unreachable for a in range(5)}), []
+    ctl = controller(fake, run, log=lines.append, patience=1800)
+    ctl.drive()
+    assert [n for n in created_names(fake) if "g0001" in n][-1] == "tiny-run-g0001-a5"
+    assert [s for s in ctl.sleeps if s != 5.0] == [30.0, 60.0, 120.0, 240.0, 480.0]
+    assert sum("not counted as a failed attempt" in line for line in lines) == 5
+    assert run.store.exists(keys.final_manifest(run.id))
+
+
+def test_patience_with_transient_trouble_ends(run):
+    """An outage longer than outageSeconds: the waits add up to it, then the attempts count, and
+    the run stops with exit code 75 (transient: running it again later resumes it)."""
+    from esgd.core.errors import RunUnavailable
+
+    unreachable = failed_pod("75", "Error (exit code 75): esgd-worker: error: cannot reach the S3 endpoint (transient)")
+    fake = FakeWorkflows({names.workflow_name(run.id, "g0000", a): unreachable for a in range(20)})
+    ctl = controller(fake, run, patience=100)
+    with pytest.raises(RunUnavailable, match=r"generation 0 failed 3 time\(s\)"):
+        ctl.drive()
+    assert [s for s in ctl.sleeps if s != 5.0] == [30.0, 60.0, 10.0, 30.0, 60.0]  # 100 s of patience, then 3 attempts
+
+
 def test_a_run_stopped_by_transient_trouble_exits_75(run):
     from esgd.core.errors import RunUnavailable, TransientError
 
@@ -532,13 +590,87 @@ def test_a_restarted_controller_tries_again_where_an_earlier_start_gave_up(run):
 
 
 def test_an_api_that_stays_unavailable_is_transient_trouble():
-    from esgd.controller.argo import ClusterUnavailable
     from esgd.core.errors import TransientError
 
-    k8s = KubernetesWorkflows(FakeCustomObjectsApi([503] * 6), retries=5, sleep=lambda s: None)
-    with pytest.raises(ClusterUnavailable, match="the Kubernetes API answered 503") as error:
+    sleeps, lines = [], []
+    k8s = KubernetesWorkflows(
+        FakeCustomObjectsApi([503] * 100), retry_seconds=100, sleep=sleeps.append, log=lines.append
+    )
+    with pytest.raises(ClusterUnavailable, match="the Kubernetes API answered 503 scripted, for 100 s") as error:
         k8s.get("ns", "w")
     assert isinstance(error.value, TransientError)
+    assert sleeps == [1, 2, 4, 8, 16, 30, 30, 9]  # exponential back-off, capped, up to the deadline
+    assert lines[0] == "the Kubernetes API answered 503 scripted; trying again in 1 s (0 of 100 s)"
+    assert len(lines) == len(sleeps)  # one line per wait
+
+
+def test_the_api_answering_503_for_a_minute_while_the_controller_waits(run):
+    """The Kubernetes API answers 503 for 60 s (an API server restart) in the middle of a run:
+    the controller waits it out, one line per wait, and the run ends as if nothing happened."""
+    clock = {"now": 0.0}
+
+    def sleep(seconds):
+        clock["now"] += seconds
+
+    class Api:  # the CustomObjectsApi surface, in front of the in-memory Argo
+        def __init__(self, argo):
+            self.argo, self.outage = argo, None
+
+        def _unavailable(self):
+            if self.outage is None and self.argo.created:  # starts once a Workflow runs
+                self.outage = clock["now"]
+            if self.outage is not None and clock["now"] - self.outage < 60:
+                raise ApiException(status=503, reason="Service Unavailable")
+
+        def get_namespaced_custom_object(self, group, version, namespace, plural, name, _request_timeout):
+            self._unavailable()
+            found = self.argo.get(namespace, name)
+            if found is None:
+                raise ApiException(status=404, reason="Not Found")
+            return found
+
+        def create_namespaced_custom_object(self, group, version, namespace, plural, body, _request_timeout):
+            self._unavailable()
+            return self.argo.create(namespace, body)
+
+    argo, lines = FakeWorkflows(), []
+    k8s = KubernetesWorkflows(Api(argo), retry_seconds=1800, sleep=sleep, log=lines.append)
+    engine = ArgoEngine(k8s, parse_settings({"pollSeconds": 5}), NAMESPACE, sleep=sleep, log=lines.append)
+    Driver(run, engine, lines.append, sleep=sleep).drive()
+    waits = [line for line in lines if line.startswith("the Kubernetes API answered 503")]
+    assert len(waits) >= 5 and "trying again" in waits[0]
+    assert created_names(argo) == ["tiny-run-g0000-a0", "tiny-run-g0001-a0", "tiny-run-final-a0"]
+    assert argo.commands == expected_commands(run, [0, 1, None])
+
+
+def test_a_workflow_that_never_gets_a_status_stops_the_wait_with_a_question(run):
+    """Argo not installed in a way that watches this namespace: the Workflow is created but never
+    gets a status. The wait ends after statusTimeoutSeconds with a line that says what to check."""
+
+    class Unwatched(FakeWorkflows):
+        def get(self, namespace, name):
+            found = self.objects.get((namespace, name))
+            return None if found is None else {k: v for k, v in found.items() if k != "status"}
+
+    driver = controller(Unwatched(), run, statusTimeoutSeconds=120)
+    with pytest.raises(ClusterUnavailable, match=r"tiny-run-g0000-a0 has no status after 2 min: is Argo's workflow"):
+        driver.drive()
+    assert sum(driver.sleeps) == 120
+
+
+def test_the_controller_cli_without_argo_says_so_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    """No workflows.argoproj.io CRD: one line, exit 2, no run in the store, nothing submitted."""
+    import esgd.controller.argo as argo
+    from esgd.cli.main import main
+
+    api = FakeCustomObjectsApi([404])
+    monkeypatch.setattr(argo, "KubernetesWorkflows", lambda **kw: KubernetesWorkflows(api, **kw))
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    code = main(["controller", str(tmp_path / "spec.yaml"), "--store", str(tmp_path / "store"), "--namespace", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Argo Workflows is not installed" in err, err
+    assert not (tmp_path / "store").exists()
+    assert [call[0:4] for call in api.calls] == [("argoproj.io", "v1alpha1", "x", "workflows")]  # one list
 
 
 def test_durations_are_read_as_argo_writes_them():

@@ -4,6 +4,7 @@ exactly the plan's worker commands.
 Golden files are rewritten only on request: `ESGD_REGEN_GOLDEN=1 pytest tests/test_workflows.py`.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -17,10 +18,11 @@ from esgd.cli.main import main as esgd_main
 from esgd.cli.main import parser as esgd_parser
 from esgd.core import plan
 from esgd.core.plan import DEVICE_COMMANDS
+from esgd.core.errors import InputError
 from esgd.core.spec import SpecError, load_spec
 from esgd.workflows import names
 from esgd.workflows.check import hera_problems
-from esgd.workflows.generation import phase_workflow
+from esgd.workflows.generation import device_args, phase_workflow
 from esgd.workflows.launcher import SETTINGS_PATH, SPEC_PATH, launcher_workflow
 from esgd.workflows.settings import ClusterSettings, load_settings, parse_settings
 
@@ -152,7 +154,7 @@ def test_dag_runs_exactly_the_plan(overrides, raw):
         for stage in phase.stages:
             names_now = [t[0] for t in tasks[i : i + len(stage)]]
             for step, (name, _, deps) in zip(stage, tasks[i : i + len(stage)]):
-                expected.append(["esgd-worker", *step.argv(RUN_URI)])
+                expected.append(["esgd-worker", *step.argv(RUN_URI), *device_args(settings, step)])
                 assert sorted(deps) == sorted(previous), name
             previous, i = names_now, i + len(stage)
         assert [argv for _, argv, _ in tasks] == expected
@@ -172,7 +174,7 @@ def test_only_ids_and_uris_pass_through_argo():
             for param in template.get("inputs", {}).get("parameters", []):
                 assert param["name"] in ("gen", "round", "members", "offspring")
         for _, argv, _ in substituted(workflow):
-            for value in argv[4:][1::2]:
+            for value in argv[4:-2][1::2]:  # the options' values; the last two: --device cpu|cuda
                 assert re.fullmatch(r"\d+(\.\.\d+)?", value), value
 
 
@@ -204,7 +206,14 @@ def test_pods_follow_the_settings():
         assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
         assert ("nvidia.com/gpu" in container["resources"]["limits"]) == gpu
         assert template["nodeSelector"] == ({"pool": "gpu-spot"} if gpu else {"pool": "cpu"})
-        assert ("podSpecPatch" in template) == gpu and ("priorityClassName" in template) == gpu
+        assert ("priorityClassName" in template) == gpu
+        assert template["activeDeadlineSeconds"] == "7200"  # settings.stepDeadlineSeconds
+        assert container["args"][-2:] == ["--device", "cuda" if gpu else "cpu"]
+        patch = json.loads(template["podSpecPatch"])
+        assert ("runtimeClassName" in patch) == gpu
+        (main,) = patch["containers"]  # the memory limit grows with each retry, up to twice the request
+        memory = "{{=sprig.min(%d, (sprig.int(retries) + 1) * %d)}}Mi" % ((65536, 32768) if gpu else (16384, 8192))
+        assert main == {"name": "main", "resources": {"limits": {"memory": memory}}}
         retry = template["retryStrategy"]
         assert retry["limit"] == "4" and retry["retryPolicy"] == "Always"  # int-or-string: a string
         assert "node shutdown" in retry["expression"] and "pod deleted" in retry["expression"]
@@ -344,3 +353,61 @@ def test_docs_list_every_setting():
     assert block == reference_markdown(), (
         "docs/kubernetes.md is stale: ESGD_REGEN_GOLDEN=1 pytest tests/test_workflows.py"
     )
+
+
+def test_generation_workflows_are_owned_by_the_launcher():
+    """With an owner, deleting it (the launcher Workflow, or the chart's run Job) deletes the
+    generation Workflows: Kubernetes' garbage collector follows the ownerReference."""
+    from esgd.workflows.owner import Owner
+
+    spec, settings = golden_spec(), golden_settings()
+    owner = Owner.parse("workflow/golden-run-launcher-x7k2p/0b6e1f7c-1111-2222-3333-444455556666")
+    workflow = phase_workflow(phase_of(spec, settings, 0), settings, RUN_URI, RUN_ID, owner=owner).to_dict()
+    check(workflow)
+    assert workflow["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Workflow",
+            "name": "golden-run-launcher-x7k2p",
+            "uid": "0b6e1f7c-1111-2222-3333-444455556666",
+        }
+    ]
+    job = Owner.parse("job/esgd-run-1a2b3c4d/9f9f").reference()
+    assert (job.api_version, job.kind) == ("batch/v1", "Job")
+    for bad in ("workflow/name", "pod/a/b", "workflow//uid", "job/a/b/c"):
+        with pytest.raises(InputError, match="expected workflow/NAME/UID"):
+            Owner.parse(bad)
+
+
+def test_the_launcher_passes_itself_as_owner_and_has_a_deadline():
+    settings = golden_settings()
+    workflow = launcher_workflow((GOLDEN / "spec.yaml").read_text(), settings, STORE, RUN_ID).to_dict()
+    args = esgd_parser().parse_args(workflow["spec"]["templates"][0]["container"]["args"])
+    assert args.owner == "workflow/{{workflow.name}}/{{workflow.uid}}"
+    assert workflow["spec"]["activeDeadlineSeconds"] == settings.launcher_deadline_seconds == 7 * 86400
+
+
+def test_without_an_s3_secret_pods_use_their_service_accounts_credentials():
+    """IRSA / workload identity: `s3Secret: null` leaves envFrom out of every pod."""
+    settings = parse_settings({"s3Secret": None})
+    for phase, workflow in every_workflow(golden_spec(), settings):
+        check(workflow)
+        assert all("envFrom" not in t["container"] for t in workflow["spec"]["templates"] if "container" in t)
+    launcher = launcher_workflow("name: x\n", settings, STORE, RUN_ID).to_dict()
+    assert "envFrom" not in launcher["spec"]["templates"][0]["container"]
+
+
+def test_threads_and_memory_growth_follow_the_settings():
+    settings = parse_settings({"gpu": {"threads": 6, "memory": "10Gi", "memoryMax": "10Gi"}, "cpu": {"threads": 2}})
+    workflow = phase_workflow(phase_of(golden_spec(), settings, 0), settings, RUN_URI, RUN_ID).to_dict()
+    for template in (t for t in workflow["spec"]["templates"] if "container" in t):
+        gpu = template["name"] in DEVICE_COMMANDS
+        assert template["container"]["args"][-4:] == [
+            "--device",
+            "cuda" if gpu else "cpu",
+            "--threads",
+            "6" if gpu else "2",
+        ]
+        assert ("podSpecPatch" in template) != gpu  # memoryMax equal to memory: no growth
+    with pytest.raises(SpecError, match="memoryMax 1Gi is less than memory 2Gi"):
+        parse_settings({"cpu": {"memory": "2Gi", "memoryMax": "1Gi"}})

@@ -12,6 +12,7 @@ from hera.workflows import DAG, Container, Parameter, Workflow
 
 from esgd.core.plan import Phase, Step
 from esgd.workflows import names
+from esgd.workflows.owner import Owner
 from esgd.workflows.pods import container_options, workflow_options
 from esgd.workflows.settings import ClusterSettings
 
@@ -40,6 +41,19 @@ def template_args(step: Step) -> list[str]:
     return step.argv(parameter("workflow", RUN_PARAMETER), {name: parameter("inputs", name) for name in step.options()})
 
 
+def deadline(seconds: int | None) -> str | None:
+    """A template's activeDeadlineSeconds: an int-or-string field, which Argo's schema wants as a string."""
+    return None if seconds is None else str(seconds)
+
+
+def device_args(settings: ClusterSettings, step: Step) -> list[str]:
+    """The device a pod says out loud: `cuda` on a GPU pod (a pod without a visible GPU then exits 2
+    instead of training on its CPU), `cpu` elsewhere; and its threads when the settings fix them."""
+    pods = settings.gpu if step.on_device else settings.cpu
+    args = ["--device", "cuda" if step.on_device and pods.gpus else "cpu"]
+    return args + (["--threads", str(pods.threads)] if pods.threads else [])
+
+
 def run_labels(settings: ClusterSettings, run_id: str, component: str, **extra: str) -> dict[str, str]:
     return {
         **settings.labels,
@@ -51,10 +65,16 @@ def run_labels(settings: ClusterSettings, run_id: str, component: str, **extra: 
 
 
 def phase_workflow(
-    phase: Phase, settings: ClusterSettings, run_uri: str | None, run_id: str, attempt: int = 0
+    phase: Phase,
+    settings: ClusterSettings,
+    run_uri: str | None,
+    run_id: str,
+    attempt: int = 0,
+    owner: Owner | None = None,
 ) -> Workflow:
     """Attempt `attempt` of the phase's Workflow. Without a run URI the `run` parameter has no
-    value: `argo submit -p run=URI` supplies it."""
+    value: `argo submit -p run=URI` supplies it. With an owner (the launcher Workflow or the run
+    Job that runs the controller), deleting the owner deletes this Workflow and its pods."""
     labels = run_labels(settings, run_id, "generation", **{"esgd.io/phase": phase.tag, "esgd.io/attempt": str(attempt)})
     with Workflow(
         name=names.workflow_name(run_id, phase.tag, attempt),
@@ -64,6 +84,7 @@ def phase_workflow(
         ],  # value=None is "null"
         active_deadline_seconds=settings.active_deadline_seconds,
         parallelism=settings.parallelism,
+        owner_references=[owner.reference()] if owner else None,
         **workflow_options(settings, labels, settings.service_account_name),
     ) as workflow:
         templates: dict[str, Container] = {}  # one per command
@@ -75,8 +96,9 @@ def phase_workflow(
                 templates[step.command] = Container(
                     name=step.command,
                     command=["esgd-worker"],
-                    args=template_args(step),
+                    args=template_args(step) + device_args(settings, step),
                     inputs=[Parameter(name=param) for param in params],
+                    active_deadline_seconds=deadline(settings.step_deadline_seconds),
                     **container_options(settings, settings.gpu if step.on_device else settings.cpu),
                 )
         with DAG(name="main"):

@@ -17,8 +17,14 @@ SPEC_PATH = "/etc/esgd/spec.yaml"
 SETTINGS_PATH = "/etc/esgd/settings.yaml"
 
 
+# Argo fills these in: the generation Workflows are owned by the launcher (esgd.workflows.owner).
+OWNER = "workflow/{{workflow.name}}/{{workflow.uid}}"
+
+
 def controller_args(store_uri: str, run_id: str) -> list[str]:
-    return ["controller", SPEC_PATH, "--store", store_uri, "--run-id", run_id, "--settings", SETTINGS_PATH]
+    return [
+        "controller", SPEC_PATH, "--store", store_uri, "--run-id", run_id, "--settings", SETTINGS_PATH, "--owner", OWNER
+    ]  # fmt: skip
 
 
 def launcher_workflow(spec_text: str, settings: ClusterSettings, store_uri: str, run_id: str) -> Workflow:
@@ -30,6 +36,7 @@ def launcher_workflow(spec_text: str, settings: ClusterSettings, store_uri: str,
     with Workflow(
         generate_name=names.launcher_prefix(run_id),
         entrypoint="controller",
+        active_deadline_seconds=settings.launcher_deadline_seconds,
         **workflow_options(settings, labels, settings.controller_service_account_name),
     ) as workflow:
         Container(

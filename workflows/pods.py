@@ -5,7 +5,7 @@ import json
 
 from hera.workflows import models as m
 
-from esgd.workflows.settings import ClusterSettings, Pods
+from esgd.workflows.settings import ClusterSettings, Pods, mebibytes
 
 USER_ID = 10001  # the image's non-root user (Dockerfile)
 TMP = "tmp"  # emptyDir mounted at /tmp: the only writable path (read-only root filesystem)
@@ -43,9 +43,24 @@ def tolerations(pods: Pods) -> list[m.Toleration] | None:
     return [m.Toleration(**t.model_dump(exclude_none=True)) for t in pods.tolerations] or None
 
 
+def memory_on_retry(pods: Pods) -> str:
+    """The memory limit as an Argo expression of the try: `memory` more per retry, at most
+    `memoryMax` (an out-of-memory kill, exit code 137, is retried like any failure but exit 2)."""
+    base = mebibytes(pods.memory)
+    most = mebibytes(pods.memory_max) if pods.memory_max else 2 * base
+    return "{{=sprig.min(" + f"{most}, (sprig.int(retries) + 1) * {base}" + ")}}Mi"
+
+
 def pod_spec_patch(pods: Pods) -> str | None:
-    """Argo templates have no runtimeClassName field: it goes in as a pod spec patch."""
-    return json.dumps({"runtimeClassName": pods.runtime_class_name}) if pods.runtime_class_name else None
+    """What Argo templates have no field for, as a pod spec patch: the runtime class, and a memory
+    limit that grows with the retry count (Argo evaluates `retries` for each try; its main
+    container is named `main`)."""
+    patch: dict = {}
+    if pods.runtime_class_name:
+        patch["runtimeClassName"] = pods.runtime_class_name
+    if not pods.memory_max or mebibytes(pods.memory_max) > mebibytes(pods.memory):
+        patch["containers"] = [{"name": "main", "resources": {"limits": {"memory": memory_on_retry(pods)}}}]
+    return json.dumps(patch) if patch else None
 
 
 def retry_strategy(settings: ClusterSettings) -> m.RetryStrategy:
@@ -58,13 +73,19 @@ def retry_strategy(settings: ClusterSettings) -> m.RetryStrategy:
     )
 
 
+def s3_credentials(settings: ClusterSettings) -> list[m.EnvFromSource] | None:
+    """The S3 Secret as environment variables; without one, the pod's service account gets its
+    own credentials (IRSA, workload identity) and the store client finds them."""
+    return [m.EnvFromSource(secret_ref=m.SecretEnvSource(name=settings.s3_secret))] if settings.s3_secret else None
+
+
 def container_options(settings: ClusterSettings, pods: Pods) -> dict:
     """Keyword arguments of a Hera Container for a pod of this kind."""
     return dict(
         image=settings.image,
         image_pull_policy=settings.image_pull_policy,
         resources=resources(settings, pods),
-        env_from=[m.EnvFromSource(secret_ref=m.SecretEnvSource(name=settings.s3_secret))],
+        env_from=s3_credentials(settings),
         security_context=container_security_context(),
         volume_mounts=[m.VolumeMount(name=TMP, mount_path="/tmp")],
         node_selector=pods.node_selector or None,

@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from esgd.core.spec import SpecError
 
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+UNITS = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def mebibytes(quantity: str) -> int:
+    """A memory quantity (matching QUANTITY) in whole MiB, rounded up: "1.5Gi" is 1536."""
+    number = quantity.rstrip("".join(UNITS))
+    unit = quantity[len(number) :]
+    return -(-int(float(number) * UNITS.get(unit, 1)) // 2**20)
 
 
 class _Model(BaseModel):
@@ -56,6 +64,17 @@ class Pods(_Model):
     """PriorityClass of the pods; omitted: the cluster default."""
     runtime_class_name: str | None = None
     """RuntimeClass of the pods (e.g. "nvidia" where the GPU runtime is not the default one)."""
+    memory_max: str | None = Field(default=None, pattern=QUANTITY)
+    """Largest memory limit of a retry: each retry of a step (after an out-of-memory kill, say) asks
+    for `memory` more, up to this; omitted: twice `memory`; equal to `memory`: no growth."""
+    threads: int | None = Field(default=None, ge=1)
+    """torch intra-op threads in these pods (`esgd-worker --threads`); omitted: the pod's CPU quota."""
+
+    @model_validator(mode="after")
+    def _memory_max_at_least_memory(self):
+        if self.memory_max is not None and mebibytes(self.memory_max) < mebibytes(self.memory):
+            raise ValueError(f"memoryMax {self.memory_max} is less than memory {self.memory}")
+        return self
 
 
 class Retry(_Model):
@@ -136,9 +155,10 @@ class ClusterSettings(_Model):
     """Service account of the worker pods (the chart's Role lets it write workflowtaskresults)."""
     controller_service_account_name: str = "esgd-controller"
     """Service account of the controller pod (the chart's Role lets it create and watch Workflows)."""
-    s3_secret: str = "esgd-s3"
+    s3_secret: str | None = "esgd-s3"
     """Secret passed to every pod as environment variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
-    and, for S3-compatible stores, AWS_ENDPOINT_URL (and AWS_DEFAULT_REGION if needed)."""
+    and, for S3-compatible stores, AWS_ENDPOINT_URL (and AWS_DEFAULT_REGION if needed); omitted
+    (null): no Secret, the pods' service accounts get credentials themselves (IRSA, workload identity)."""
     pack: int = Field(default=1, ge=1)
     """Individuals trained per GPU pod (k): a generation runs ceil(µ/k) training pods."""
     shard: int = Field(default=4, ge=1)
@@ -146,13 +166,30 @@ class ClusterSettings(_Model):
     retry: Retry = Retry()
     """Per-step retries (preemption and errors)."""
     generation_attempts: int = Field(default=3, ge=1)
-    """Times the controller submits a generation's Workflow before it stops the run."""
+    """Failed Workflows of one generation before the controller stops the run (failures on transient
+    trouble alone do not count: see `outageSeconds`)."""
     poll_seconds: float = Field(default=10.0, gt=0)
     """How often the controller reads the state of the Workflow it waits for."""
     active_deadline_seconds: int = Field(default=86400, ge=1)
     """Longest run time of one generation's Workflow; past it the Workflow fails (and may be retried)."""
-    parallelism: int | None = Field(default=None, ge=1)
-    """Most pods of one Workflow running at once; omitted: no limit."""
+    step_deadline_seconds: int | None = Field(default=7200, ge=1)
+    """Longest run time of one try of a step's pod; past it the pod is stopped and the step retried
+    (a hung pod holds its generation up no longer than this); omitted: no limit."""
+    launcher_deadline_seconds: int | None = Field(default=7 * 86400, ge=1)
+    """Longest run time of the controller (launcher Workflow, chart run Job); omitted: no limit."""
+    status_timeout_seconds: int = Field(default=600, ge=1)
+    """How long the controller waits for a submitted Workflow to get a status from Argo before it
+    stops (Argo not installed, or watching other namespaces)."""
+    outage_seconds: int = Field(default=1800, ge=0)
+    """How long the controller rides out transient trouble before it stops with exit code 75: a
+    Kubernetes API that cannot be reached or answers 429/5xx (retried with back-off, 1 to 30 s), and
+    generation Workflows whose pods failed only on transient trouble (exit code 75: a store that
+    cannot be reached), which are submitted again after the pods' retry back-off and do not count
+    against `generationAttempts`."""
+    api_timeout_seconds: float = Field(default=30, gt=0)
+    """Timeout of one Kubernetes API request (connect and read)."""
+    parallelism: int | None = Field(default=16, ge=1)
+    """Most pods of one Workflow running at once (at most this many GPUs per run); omitted: no limit."""
     pod_gc_strategy: Literal["OnPodCompletion", "OnPodSuccess", "OnWorkflowCompletion", "OnWorkflowSuccess"] | None = (
         "OnPodSuccess"
     )
