@@ -154,7 +154,7 @@ class ClusterSettings(_Model):
     service_account_name: str = "esgd-workflow"
     """Service account of the worker pods (the chart's Role lets it write workflowtaskresults)."""
     controller_service_account_name: str = "esgd-controller"
-    """Service account of the controller pod (the chart's Role lets it create and watch Workflows)."""
+    """Service account of the controller pod (the chart's Role lets it create, get and list Workflows)."""
     s3_secret: str | None = "esgd-s3"
     """Secret passed to every pod as environment variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
     and, for S3-compatible stores, AWS_ENDPOINT_URL (and AWS_DEFAULT_REGION if needed); omitted

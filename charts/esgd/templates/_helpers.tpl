@@ -74,13 +74,16 @@ limits:
   memory: {{ .Values.settings.controller.memory | quote }}
 {{- end -}}
 
-{{/* A container of the esgd image running as the controller: image, env from the S3 Secret, /tmp. */}}
+{{/* A container of the esgd image running as the controller: image, env from the S3 Secret (none
+when settings.s3Secret is null: the service account's own credentials, IRSA or workload identity). */}}
 {{- define "esgd.controllerContainer" -}}
 image: {{ .Values.settings.image | quote }}
 imagePullPolicy: {{ .Values.settings.imagePullPolicy }}
+{{- with .Values.settings.s3Secret }}
 envFrom:
   - secretRef:
-      name: {{ .Values.settings.s3Secret }}
+      name: {{ . }}
+{{- end }}
 resources:
   {{- include "esgd.controllerResources" . | nindent 2 }}
 securityContext:
