@@ -9,7 +9,7 @@ STORE  ?= esgd-runs
 TORCH_CPU      ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: install demo test lint format smoke bench clean
+.PHONY: install demo test lint format smoke bench clean constraints
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -45,6 +45,10 @@ format: install
 # 2-generation CPU run with `argo submit --wait`. Needs docker, kind, kubectl, helm, argo (not on CI).
 smoke:
 	scripts/kind-smoke.sh
+
+# The image's pinned runtime dependencies (constraints.txt, read by the Dockerfile), from this venv.
+constraints: install
+	$(PY) scripts/constraints.py
 
 # Packed training vs the sequential loop (docs/PERFORMANCE.md); --quick fits a short GPU lease.
 bench: install

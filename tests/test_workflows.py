@@ -17,8 +17,8 @@ import yaml
 from esgd.cli.main import main as esgd_main
 from esgd.cli.main import parser as esgd_parser
 from esgd.core import plan
-from esgd.core.plan import DEVICE_COMMANDS
 from esgd.core.errors import InputError
+from esgd.core.plan import DEVICE_COMMANDS
 from esgd.core.spec import SpecError, load_spec
 from esgd.workflows import names
 from esgd.workflows.check import hera_problems
@@ -212,7 +212,8 @@ def test_pods_follow_the_settings():
         patch = json.loads(template["podSpecPatch"])
         assert ("runtimeClassName" in patch) == gpu
         (main,) = patch["containers"]  # the memory limit grows with each retry, up to twice the request
-        memory = "{{=sprig.min(%d, (sprig.int(retries) + 1) * %d)}}Mi" % ((65536, 32768) if gpu else (16384, 8192))
+        most, base = (65536, 32768) if gpu else (16384, 8192)
+        memory = "{{=sprig.min(" + f"{most}, (sprig.int(retries) + 1) * {base}" + ")}}Mi"
         assert main == {"name": "main", "resources": {"limits": {"memory": memory}}}
         retry = template["retryStrategy"]
         assert retry["limit"] == "4" and retry["retryPolicy"] == "Always"  # int-or-string: a string
@@ -390,7 +391,7 @@ def test_the_launcher_passes_itself_as_owner_and_has_a_deadline():
 def test_without_an_s3_secret_pods_use_their_service_accounts_credentials():
     """IRSA / workload identity: `s3Secret: null` leaves envFrom out of every pod."""
     settings = parse_settings({"s3Secret": None})
-    for phase, workflow in every_workflow(golden_spec(), settings):
+    for _, workflow in every_workflow(golden_spec(), settings):
         check(workflow)
         assert all("envFrom" not in t["container"] for t in workflow["spec"]["templates"] if "container" in t)
     launcher = launcher_workflow("name: x\n", settings, STORE, RUN_ID).to_dict()
