@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from esgd.cli.options import DEVICE, SET, STORE, log
+from esgd.cli.options import DEVICE, SET, STORE, THREADS, log
 
 
 def _data_import(args) -> int:
@@ -19,7 +19,9 @@ def _data_import(args) -> int:
 def _compare(args) -> int:
     from esgd.analysis.compare import base_run_id, compare, json_lines, parse_modes, plots, table, title
     from esgd.core.spec import read_spec
+    from esgd.worker.threads import configure_threads
 
+    configure_threads(args.threads)  # the four runs' steps run in this process
     spec = read_spec(args.spec, args.set)
     modes = parse_modes(args.modes)
     base = args.run_id or base_run_id(spec)
@@ -96,7 +98,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     cmp = sub.add_parser(
         "compare",
-        parents=[STORE, SET, DEVICE],
+        parents=[STORE, SET, DEVICE, THREADS],
         help="run single, population, no-evolution and esgd with the same spec; print Table 1",
     )
     cmp.add_argument("spec", help="run spec (YAML); its mode is replaced by each of the four")

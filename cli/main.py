@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from esgd.cli import cluster, experiments
-from esgd.cli.options import DEVICE, RUN_ID, SET, STORE, exit_after, log, run_main
+from esgd.cli.options import DEVICE, RUN_ID, SET, STORE, THREADS, exit_after, log, run_main
 from esgd.core.spec import dump_spec, json_schema, load_spec, read_spec
 from esgd.store.uri import open_run, open_store
 
@@ -15,7 +15,9 @@ def _run(args) -> int:
     from esgd.controller.local import execute
     from esgd.controller.runs import create_or_resume
     from esgd.worker.preflight import preflight
+    from esgd.worker.threads import configure_threads
 
+    configure_threads(args.threads)  # before the preflight's first torch work: the steps run in this process
     spec = read_spec(args.spec, args.set)
     run, resumed = create_or_resume(open_store(args.store), spec, args.run_id, lambda s: preflight(s, args.device))
     log(f"{'resuming' if resumed else 'starting'} {run.uri} (mode {spec.mode}, µ={spec.mu}, K={spec.generations})")
@@ -58,7 +60,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="esgd", description="Evolutionary Stochastic Gradient Descent.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", parents=[STORE, RUN_ID, SET, DEVICE], help="run or resume a run; prints the run's URI")
+    run = sub.add_parser(
+        "run", parents=[STORE, RUN_ID, SET, DEVICE, THREADS], help="run or resume a run; prints the run's URI"
+    )
     run.add_argument("spec", help="run spec (YAML)")
     run.set_defaults(handler=_run)
 

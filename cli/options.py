@@ -28,6 +28,21 @@ SET = _parent(
     help="override a spec field, e.g. --set population.mu=16 (repeatable)",
 )
 DEVICE = _parent("--device", help="torch device: auto (a GPU if any), cpu, cuda or cuda:N (default: the spec's device)")
+
+
+def _threads(text: str) -> int:  # argparse's own error (usage and one line, exit 2), as for a bad choice
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+THREADS = _parent(
+    "--threads",
+    type=_threads,
+    metavar="N",
+    help="torch intra-op threads (default: $ESGD_THREADS, else $OMP_NUM_THREADS, else the CPUs of this process's "
+    "quota: cgroup limit and affinity)",
+)
 SETTINGS = _parent(
     "--settings", help="cluster settings (YAML, docs/kubernetes.md; in the chart: the <release>-settings ConfigMap)"
 )

@@ -7,6 +7,7 @@ Workflow runs in pods.
 """
 
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -75,11 +76,15 @@ class LocalGPUs(InProcess):
     def run_stage(self, run: RunRef, stage: tuple[Step, ...]) -> None:
         if len(stage) == 1:
             return super().run_stage(run, stage)
+        # Each worker gets its share of this process's threads (sized by configure_threads): one
+        # per device, each with all of them, would outnumber the CPUs and spin against each other.
+        threads = str(max(1, torch.get_num_threads() // len(self.devices)))
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         procs = []
         for i, step in enumerate(stage):
             device = self.devices[i % len(self.devices)]
-            argv = [*step.argv(run.uri), "--device", device]
-            procs.append((argv, subprocess.Popen([sys.executable, "-m", "esgd.cli.worker", *argv])))
+            argv = [*step.argv(run.uri), "--device", device, "--threads", threads]
+            procs.append((argv, subprocess.Popen([sys.executable, "-m", "esgd.cli.worker", *argv], env=env)))
         failed = [(argv, proc.returncode) for argv, proc in procs if proc.wait() != 0]
         if failed:  # the worker printed why; the driver stops the run (one attempt: it would fail again)
             argv, code = failed[0]
