@@ -10,16 +10,19 @@ the run still ends with the same history.
 
 import time
 from collections.abc import Callable
-from typing import Protocol
+from functools import partial
+from typing import Protocol, TypeVar
 
 from esgd.core import keys
-from esgd.core.errors import RunStopped, RunUnavailable
+from esgd.core.errors import RunStopped, RunUnavailable, TransientError
 from esgd.core.metrics import progress_line, summarize
 from esgd.core.plan import Phase, generation_marker, phases
 from esgd.core.records import HistoryRow
 from esgd.core.spec import RunSpec
 from esgd.core.tables import read_table
 from esgd.store.run import RunRef
+
+T = TypeVar("T")
 
 
 class PhaseFailed(Exception):
@@ -90,18 +93,34 @@ class Driver:
         return [p for p in every if (p.generation >= done if p.generation is not None else not self.committed(p))]
 
     def committed(self, phase: Phase) -> bool:
-        return self.run.store.exists(phase.marker(self.run.id))
+        return self.patiently(lambda: self.run.store.exists(phase.marker(self.run.id)), f"reading {phase.name}")
+
+    def patiently(self, read: Callable[[], T], what: str) -> T:
+        """read(), tried again while the store cannot be reached (TransientError), with back-off
+        1, 2, 4, ... 30 s, for up to `patience` seconds: an outage between two phases is ridden out
+        as one within a phase is."""
+        waited, attempt = 0.0, 0
+        while True:
+            try:
+                return read()
+            except TransientError as error:
+                if waited >= self.patience:
+                    raise
+                delay = min(2**attempt, 30, self.patience - waited)
+                self.log(f"{what}: {error}; trying again in {delay:g} s ({waited:.0f} of {self.patience:g} s)")
+                self.sleep(delay)
+                waited, attempt = waited + delay, attempt + 1
 
     def drive(self) -> None:
         """Run every phase not yet committed; raises RunStopped when the run cannot go on."""
-        done = committed_generations(self.run)
+        done = self.patiently(lambda: committed_generations(self.run), "reading the committed generations")
         if done:
             self.log(f"resuming after {done} committed generation(s)")
         for phase in self.remaining(done):
             began = time.perf_counter()
             self.complete(phase)
             if phase.generation is not None:
-                summary = generation_summary(self.run, phase.generation)
+                summary = self.patiently(partial(generation_summary, self.run, phase.generation), "reading the history")
                 self.log(progress_line(summary, self.run.spec.generations, time.perf_counter() - began))
         self.log(f"run {self.run.id} is complete")
 

