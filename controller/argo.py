@@ -11,6 +11,9 @@ It makes three Kubernetes calls, on custom objects `workflows.argoproj.io/v1alph
 and one list at start to find out that Argo is installed (the chart's Role grants exactly these).
 """
 
+import base64
+import gzip
+import json
 import re
 import time
 from collections.abc import Callable
@@ -168,10 +171,22 @@ def current_namespace(settings: ClusterSettings) -> str:
         return "default"
 
 
+def status_nodes(workflow: dict) -> dict:
+    """The Workflow's nodes. Argo compresses them into `status.compressedNodes` (gzip, base64) when
+    the Workflow grows too big for one object (a large µ); nodes offloaded to Argo's database
+    (`offloadNodeStatusVersion`) cannot be read from the API: then there are none."""
+    status = workflow.get("status") or {}
+    if status.get("nodes"):
+        return status["nodes"]
+    if status.get("compressedNodes"):
+        return json.loads(gzip.decompress(base64.b64decode(status["compressedNodes"])))
+    return {}
+
+
 def failed_pods(workflow: dict) -> list[dict]:
     """The Workflow's pods that failed for good: of a retried step only its last try counts (a try
     that failed before a retry succeeded is no reason the Workflow failed)."""
-    nodes = (workflow.get("status") or {}).get("nodes") or {}
+    nodes = status_nodes(workflow)
     earlier = {
         child for node in nodes.values() if node.get("type") == "Retry" for child in (node.get("children") or [])[:-1]
     }

@@ -707,3 +707,19 @@ def test_a_store_outage_between_phases_is_ridden_out_by_the_driver(run, monkeypa
     outage["left"] = 3
     with pytest.raises(StoreUnavailable):  # no patience: the outage ends the command (exit 75)
         controller(FakeWorkflows(), run).drive()
+
+
+def test_compressed_nodes_are_read_as_argo_writes_them():
+    """A big Workflow's nodes come gzip-compressed and base64-encoded in status.compressedNodes: a
+    pod that refused its input is still found there."""
+    import base64
+    import gzip
+    import json
+
+    from esgd.controller.argo import exit_code, failed_pods
+
+    _, _, nodes = failed_pod("2", "Error (exit code 2): esgd-worker: error: bad")
+    packed = base64.b64encode(gzip.compress(json.dumps(nodes).encode())).decode()
+    workflow = {"status": {"phase": "Failed", "compressedNodes": packed}}
+    assert [exit_code(pod) for pod in failed_pods(workflow)] == ["2"]
+    assert failure_reason(workflow) == "train-m0-1: Error (exit code 2): esgd-worker: error: bad"
