@@ -1,6 +1,10 @@
 """The run spec: every knob of a run, typed, with a docstring per field (the user's documentation).
 
 `esgd spec --schema` prints the JSON schema built from these classes; examples/ holds documented specs.
+Specs are read with a strict YAML loader (load_yaml): a key given twice, an anchor or alias (`&a`,
+`*a`: a billion-laughs bomb) or a value nested absurdly deep is one line naming its line and column.
+Counts and batch sizes have sanity limits (MAX_COUNT, MAX_BATCH) and every float must be finite
+(docs/method.md, Limits).
 """
 
 import math
@@ -17,12 +21,27 @@ Family = Annotated[str, AfterValidator(lambda name: optimizers.check_name(name))
 """An optimizer family's name, checked against esgd.core.optimizers when the spec is read."""
 
 
+MAX_COUNT = 10_000
+"""Sanity limit on µ, λ, K (generations), epochs, evolution rounds and pack.size: far above any run
+we know of (store keys and Workflow names number generations with 4 digits), low enough that a
+typo (mu=1000000000) is refused before it writes millions of files."""
+MAX_BATCH = 2**20
+"""Sanity limit on a batch size (1,048,576); whether one fits the training set is the preflight's to check
+(it knows the data)."""
+MAX_SEED = 2**64 - 1
+"""Largest seed: random draws use the seed's low 64 bits, so a larger one would repeat a smaller one's run."""
+MAX_DEPTH = 100
+"""Deepest nesting of YAML collections in a spec (task_args included)."""
+_LIMITS = {MAX_COUNT, MAX_BATCH, MAX_SEED}
+
+
 class SpecError(InputError):
     """Bad input in a run spec; the message names the field."""
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    # allow_inf_nan=False: every float of a spec is finite (`lr: .inf`, `.nan` are refused)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True, allow_inf_nan=False)
 
 
 class Schedule(_Model):
@@ -43,7 +62,8 @@ class Schedule(_Model):
 
 
 class Range(_Model):
-    """A closed interval [low, high] to draw a hyper-parameter from."""
+    """A closed interval to draw a hyper-parameter from: [low, high], {low: ..., high: ...}, or one
+    number (low = high)."""
 
     low: float = Field(ge=0)
     """Lower bound (inclusive)."""
@@ -64,6 +84,17 @@ class Range(_Model):
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
         return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        """The three forms _from_pair accepts: the mapping, [low, high] and one number. properties,
+        required and additionalProperties constrain only mappings, items only arrays, minimum only
+        numbers, so one schema holds all three (and its fields stay documented where tools look)."""
+        reference = handler(core_schema)
+        schema = handler.resolve_ref_schema(reference)
+        number = {"type": "number", "minimum": 0}
+        schema.update(type=["object", "array", "number"], items=number, minItems=2, maxItems=2, minimum=0)
+        return reference
 
 
 class OptimizerRange(_Model):
@@ -112,8 +143,8 @@ class FixedOptimizer(_Model):
     """Adam/AdamW beta1."""
     beta2: float = Field(default=0.999, ge=0, lt=1)
     """Adam/AdamW beta2."""
-    batch_size: int = Field(default=64, ge=1)
-    """Mini-batch size."""
+    batch_size: int = Field(default=64, ge=1, le=MAX_BATCH)
+    """Mini-batch size (at most 2**20)."""
 
 
 class InitSpec(_Model):
@@ -128,10 +159,10 @@ class InitSpec(_Model):
 class PopulationSpec(_Model):
     """Population sizes (the paper's µ, λ, ρ, m)."""
 
-    mu: int = Field(default=8, ge=1)
-    """µ: number of parents, each trained on its own in the SGD step."""
-    offspring: int = Field(default=8, ge=1)
-    """λ: offspring made in each evolution round."""
+    mu: int = Field(default=8, ge=1, le=MAX_COUNT)
+    """µ: number of parents, each trained on its own in the SGD step (at most 10,000)."""
+    offspring: int = Field(default=8, ge=1, le=MAX_COUNT)
+    """λ: offspring made in each evolution round (at most 10,000)."""
     rho: int = Field(default=2, ge=1)
     """ρ: parents per offspring, picked by roulette wheel, distinct."""
     elite: int | None = Field(default=None, ge=1)
@@ -163,34 +194,29 @@ def _default_optimizers() -> dict:
 class SGDSpec(_Model):
     """The SGD step: every individual trains on its own."""
 
-    epochs: int = Field(default=1, ge=1)
-    """Ks: epochs per generation; fitness is checked after each (back-off)."""
+    epochs: int = Field(default=1, ge=1, le=MAX_COUNT)
+    """Ks: epochs per generation; fitness is checked after each (back-off). At most 10,000."""
     optimizers: dict[Family, OptimizerRange] = Field(
         default_factory=_default_optimizers,
         min_length=1,
         json_schema_extra=lambda schema: schema.update(propertyNames={"enum": sorted(optimizers.FAMILIES)}),
     )
     """Optimizer pool: each individual draws one family uniformly, then its hyper-parameters."""
-    batch_size: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
-    """Mini-batch sizes to draw from uniformly."""
+    batch_size: list[Annotated[int, Field(ge=1, le=MAX_BATCH)]] = Field(
+        default_factory=lambda: [32, 64, 128], min_length=1
+    )
+    """Mini-batch sizes to draw from uniformly (each at most 2**20)."""
     lr_anneal: Schedule = Schedule(start=1.0, end=0.1, kind="exponential")
     """Factor applied to every lr range per generation (the lr range shrinks over generations)."""
     backoff: float = Field(default=1.0, ge=0, le=1)
     """p_backoff: probability of returning to the previous epoch's weights when fitness got worse (1: strict)."""
 
-    @field_validator("batch_size")
-    @classmethod
-    def _positive(cls, value: list[int]) -> list[int]:
-        if any(b < 1 for b in value):
-            raise ValueError("batch sizes must be >= 1")
-        return value
-
 
 class EvolutionSpec(_Model):
     """The evolution step: recombination, mutation, m-elitist selection."""
 
-    rounds: int = Field(default=1, ge=1)
-    """Kv: evolution rounds per generation."""
+    rounds: int = Field(default=1, ge=1, le=MAX_COUNT)
+    """Kv: evolution rounds per generation (at most 10,000)."""
     sigma: Schedule = Schedule(start=0.01, end=0.001, kind="exponential")
     """σ_k: std of the Gaussian mutation added to the mean of the ρ parents."""
     roulette_floor: float = Field(default=0.05, ge=0)
@@ -225,8 +251,8 @@ class EvolutionSpec(_Model):
 class FinetuneSpec(FixedOptimizer):
     """Optional fine-tuning of every individual after the last generation."""
 
-    epochs: int = Field(default=0, ge=0)
-    """Epochs of fine-tuning (0: none)."""
+    epochs: int = Field(default=0, ge=0, le=MAX_COUNT)
+    """Epochs of fine-tuning (0: none; at most 10,000)."""
     lr: float = Field(default=0.005, gt=0)
     """Learning rate (small)."""
 
@@ -242,8 +268,8 @@ class PackSpec(_Model):
     """Packing: many individuals trained at once on one device (same algorithm, fewer kernels)."""
 
     size: int | Literal["auto"] = "auto"
-    """Individuals per pack: a number (1: one at a time), or auto: every individual of a train
-    step that shares a batch size, at most 64 (on a GPU halved until it fits in memory)."""
+    """Individuals per pack: a number (1: one at a time; at most 10,000), or auto: every individual
+    of a train step that shares a batch size, at most 64 (on a GPU halved until it fits in memory)."""
     bf16: bool = False
     """bf16 autocast for the forward pass of packed training (CUDA; fitness stays in full precision)."""
     compile: bool = False
@@ -256,8 +282,8 @@ class PackSpec(_Model):
     @field_validator("size")
     @classmethod
     def _positive(cls, value):
-        if value != "auto" and value < 1:
-            raise ValueError("pack.size must be >= 1 or auto")
+        if value != "auto" and not 1 <= value <= MAX_COUNT:
+            raise ValueError(f"pack.size must be auto or a number from 1 to {MAX_COUNT}")
         return value
 
 
@@ -266,16 +292,16 @@ class RunSpec(_Model):
 
     name: str = Field(default="esgd", pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
     """Run name: lower-case letters, digits and dashes (it becomes part of Kubernetes names)."""
-    seed: int = Field(default=0, ge=0)
-    """Seed of every random draw: same spec and seed, same history."""
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    """Seed of every random draw: same spec and seed, same history (0 to 2**64 - 1)."""
     mode: Mode = "esgd"
     """esgd, population (hyper-parameters drawn once, no evolution), no-evolution, or single (one model)."""
     task: str = "esgd.worker.tasks.digits:task"
     """Import path `package.module:function` of the task (see docs/tasks.md)."""
     task_args: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments passed to the task function."""
-    generations: int = Field(default=10, ge=1)
-    """K: number of generations."""
+    generations: int = Field(default=10, ge=1, le=MAX_COUNT)
+    """K: number of generations (at most 10,000)."""
     population: PopulationSpec = PopulationSpec()
     """µ, λ, ρ, m and initialisation."""
     sgd: SGDSpec = SGDSpec()
@@ -315,24 +341,121 @@ class RunSpec(_Model):
         return self.mode == "esgd"
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+class _Refused(yaml.YAMLError):
+    """YAML that parses but that a spec does not accept (a key given twice, an alias, deep nesting)."""
+
+    def __init__(self, problem: str, mark: yaml.Mark, first: yaml.Mark | None = None):
+        super().__init__(problem)
+        self.problem, self.mark, self.first = problem, mark, first
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter: a mapping key given twice is an error (not silently the last
+    one), anchors and aliases are refused (an alias bomb expands to billions of nodes when the spec
+    is dumped or hashed), and collections nest at most MAX_DEPTH deep (not a RecursionError)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(
+                "anchors and aliases (&name, *name) are not allowed in a spec: write the value out", event.start_mark
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(f"collections nested more than {MAX_DEPTH} deep", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:
+                    continue  # an unhashable key: the safe loader's own error names it
+                if first is not key_node.start_mark:
+                    raise _Refused(f"duplicate key {key!r}", key_node.start_mark, first)
+        return super().construct_mapping(node, deep)
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes an object met twice out twice: what dump_spec writes, the strict loader reads back."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def _position(line: int, column: int, lines: bool) -> str:
+    return f"line {line + 1}, column {column + 1}" if lines else f"column {column + 1}"
+
+
+def _yaml_problem(error: yaml.YAMLError, text: str, lines: bool) -> str:
+    """One line for a YAML error, with where it is (line and column; column only when `lines` is
+    false, for a one-line --set value)."""
+    if isinstance(error, _Refused):
+        if error.problem.startswith("duplicate key"):
+            at, first = error.mark, error.first
+            where = f"line {at.line + 1}" if lines else f"column {at.column + 1}"
+            was = f"line {first.line + 1}" if lines else f"column {first.column + 1}"
+            return f"{error.problem} at {where} (first at {was})"
+        return f"{_position(error.mark.line, error.mark.column, lines)}: {error.problem}"
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        where = f"{_position(mark.line, mark.column, lines)}: " if mark else ""
+        problem = error.problem or error.context or "cannot be parsed"
+        if error.problem and error.context:
+            context, started = error.context, error.context_mark
+            if started is not None and (started.line, started.column) != (mark.line, mark.column):
+                context += f" started at {_position(started.line, started.column, lines)}"
+            problem += f" ({context})"
+        return f"not valid YAML: {where}{problem}"
+    if isinstance(error, yaml.reader.ReaderError) and isinstance(error.position, int):
+        before = text[: error.position]
+        line, column = before.count("\n"), error.position - (before.rfind("\n") + 1)
+        character = f"#x{error.character:04x}" if isinstance(error.character, int) else repr(error.character)
+        return f"not valid YAML: {_position(line, column, lines)}: unacceptable character {character}: {error.reason}"
+    return "not valid YAML: " + " ".join(str(error).split())
+
+
+def load_yaml(text: str, where: str = "spec", lines: bool = True) -> Any:
+    """YAML text as Python values, read strictly (see _StrictLoader); SpecError, one line starting
+    with `where` (e.g. "spec path.yaml", "settings s.yaml"), naming the line and column of a problem."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader, stricter
+    except yaml.YAMLError as error:
+        raise SpecError(f"{where}: {_yaml_problem(error, text, lines)}") from None
+
+
+def _set_dotted(data: dict, dotted: str, value: Any, item: str) -> None:
     keys = dotted.split(".")
+    if not all(key.strip() for key in keys):
+        raise SpecError(f"--set {item}: empty key in {dotted!r}")
     node = data
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise SpecError(f"--set {dotted}: {key} is not a mapping")
+            raise SpecError(f"--set {item}: {key} is not a mapping")
     node[keys[-1]] = value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `key.sub=value` overrides; values are parsed as YAML (so 0.1, true, [1, 2] work)."""
+    """Apply `key.sub=value` overrides; values are parsed as YAML (so 0.1, true, [1, 2] work), as
+    strictly as a spec file."""
     data = dict(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise SpecError(f"--set {item!r}: expected key=value")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        value = load_yaml(raw, f"--set {item}", lines="\n" in raw.strip())
+        _set_dotted(data, key.strip(), value, item)
     return data
 
 
@@ -340,6 +463,8 @@ def _error_line(error: ValidationError) -> str:
     first = error.errors()[0]
     loc = ".".join(str(part) for part in first["loc"]) or "spec"
     msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "less_than_equal" and first.get("ctx", {}).get("le") in _LIMITS:
+        msg += " (a sanity limit: docs/method.md, Limits)"
     more = len(error.errors()) - 1
     return f"{loc}: {msg}" + (f" (and {more} more)" if more else "")
 
@@ -354,13 +479,14 @@ def parse_spec(data: Any) -> RunSpec:
         raise SpecError(_error_line(error)) from None
 
 
-def load_spec(text: str, overrides: list[str] = ()) -> RunSpec:
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise SpecError(f"spec is not valid YAML: {error}".splitlines()[0]) from None
+def load_spec(text: str, overrides: list[str] = (), where: str = "spec") -> RunSpec:
+    """A spec from YAML text with `--set` overrides applied; SpecError (one line) if invalid.
+    `where` starts a YAML error's message (read_spec passes "spec <path>")."""
+    data = load_yaml(text, where)
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise SpecError("spec: expected a mapping at the top level")
+        raise SpecError(f"{where}: expected a mapping at the top level")
     return parse_spec(apply_overrides(data, list(overrides)))
 
 
@@ -371,15 +497,19 @@ def read_spec_text(path: str) -> str:
             return handle.read()
     except OSError as error:
         raise SpecError(f"cannot read spec {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise SpecError(
+            f"spec {path} is not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x})"
+        ) from None
 
 
 def read_spec(path: str, overrides: list[str] | None = None) -> RunSpec:
     """A spec file with `--set` overrides applied; SpecError (exit 2) if unreadable or invalid."""
-    return load_spec(read_spec_text(path), overrides or [])
+    return load_spec(read_spec_text(path), overrides or [], f"spec {path}")
 
 
 def dump_spec(spec: RunSpec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    return yaml.dump(spec.model_dump(mode="json"), Dumper=_NoAliasDumper, sort_keys=False)
 
 
 def json_schema() -> dict:

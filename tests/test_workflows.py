@@ -282,6 +282,9 @@ def test_settings_file_and_errors(tmp_path):
         parse_settings({"cpu": {"memory": "lots"}})
     with pytest.raises(SpecError, match="cannot read"):
         load_settings(tmp_path / "absent.yaml")
+    bad.write_text("pack: 4\nshard: 2\npack: 8\n")  # a duplicate key does not silently win
+    with pytest.raises(SpecError, match=r"settings .*bad.yaml: duplicate key 'pack' at line 3 \(first at line 1\)"):
+        load_settings(bad)
 
 
 def test_every_setting_has_a_docstring():

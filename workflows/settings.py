@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from esgd.core.spec import SpecError
+from esgd.core.spec import SpecError, load_yaml
 
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 UNITS = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
@@ -209,12 +209,10 @@ def load_settings(path: str | Path | None) -> ClusterSettings:
     if path is None:
         return ClusterSettings()
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        text = Path(path).read_text()
     except OSError as error:
         raise SpecError(f"cannot read settings {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise SpecError(f"settings {path} is not valid YAML: {error}".splitlines()[0]) from None
-    return parse_settings(data, str(path))
+    return parse_settings(load_yaml(text, f"settings {path}") or {}, str(path))  # strict: no duplicate keys
 
 
 def parse_settings(data: object, where: str = "settings") -> ClusterSettings:
