@@ -1,11 +1,14 @@
 """The task interface: what a user plugs in by import path (`task: package.module:function`).
 
 The function receives the spec's `task_args` as keyword arguments and returns a Task. See
-docs/tasks.md.
+docs/tasks.md. Which modules may be imported as tasks on this machine: $ESGD_TASK_ALLOW
+(docs/security.md).
 """
 
 import importlib
+import inspect
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -13,11 +16,16 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from esgd.core.errors import InputError
+from esgd.core.errors import InputError, TransientError
+from esgd.store.base import StoreError
+
+ALLOW = "ESGD_TASK_ALLOW"
+"""Environment variable: comma-separated module prefixes tasks may come from (unset or empty: any)."""
 
 
 class TaskError(InputError):
-    """A task that cannot be loaded: bad import path, bad arguments, missing data."""
+    """A task that cannot be loaded or run: bad import path, bad arguments, missing data, or an
+    exception inside the task's own code (its function, model, loss or data)."""
 
 
 @dataclass
@@ -40,29 +48,94 @@ class Task:
     """Batch size for fitness evaluation."""
 
 
-@lru_cache(maxsize=4)
-def _load(path: str, args_json: str) -> Task:
+def failure(path: str, where: str, error: BaseException) -> str:
+    """One line for an exception raised inside a task's own code: the task, the place, the
+    exception's type and the first line of its message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = lines[0] if lines else ""
+    if len(message) > 300:
+        message = message[:297] + "..."
+    return f"task {path}: {where} raised {type(error).__name__}{': ' + message if message else ''}"
+
+
+def allowed_modules() -> tuple[str, ...] | None:
+    """The module prefixes of $ESGD_TASK_ALLOW, or None when it is unset or empty (any module)."""
+    raw = os.environ.get(ALLOW, "")
+    if not raw.strip():
+        return None
+    return tuple(p for p in (part.strip().rstrip(".") for part in raw.split(",")) if p)
+
+
+def check_allowed(path: str) -> None:
+    """Refuse a task whose module is outside $ESGD_TASK_ALLOW, before importing anything of it. An
+    entry allows a module and the modules under it: `mylab` (or `mylab.`) allows `mylab` and
+    `mylab.tasks`, not `mylab2`."""
+    allowed = allowed_modules()
+    module = path.partition(":")[0]
+    if allowed is not None and not any(module == prefix or module.startswith(prefix + ".") for prefix in allowed):
+        raise TaskError(
+            f"task: module {module!r} is not allowed on this machine ({ALLOW}={','.join(allowed) or '(nothing)'})"
+        )
+
+
+def _import(path: str) -> Callable:
     module_name, _, attr = path.partition(":")
+    if module_name.startswith("."):
+        raise TaskError(f"task: {module_name!r} is a relative module name; write it in full (package.module:function)")
     try:
         module = importlib.import_module(module_name)
+    except (TransientError, InputError, StoreError):
+        raise
     except ImportError as error:
         raise TaskError(f"task: cannot import {module_name!r} ({error})") from None
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the module's own code failed: one line, exit 2
+        raise TaskError(failure(path, f"importing {module_name}", error)) from None
     function = getattr(module, attr, None)
     if not callable(function):
         raise TaskError(f"task: {module_name!r} has no function {attr!r}")
+    return function
+
+
+def _refused_arguments(function: Callable, args: dict) -> str | None:
+    """Why the call function(**args) cannot bind (unknown or missing arguments), or None when it
+    binds or the function has no signature to check: a TypeError the call itself would raise,
+    told apart from one raised inside the function."""
     try:
-        task = function(**json.loads(args_json))
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(**args)
+    except TypeError as error:
+        return f"{getattr(function, '__name__', 'the function')}() {error}"
+    return None
+
+
+@lru_cache(maxsize=4)
+def _load(path: str, args_json: str) -> Task:
+    function = _import(path)
+    args = json.loads(args_json)
+    refused = _refused_arguments(function, args)
+    if refused:
+        raise TaskError(f"task {path} refused its task_args: {refused}")
+    try:
+        task = function(**args)
+    except (TransientError, InputError, StoreError):
+        raise  # already one line (a store that cannot be reached now stays transient: exit 75)
     except FileNotFoundError as error:
-        raise TaskError(f"task: data file not found: {error.filename or error}") from None
-    except (TypeError, ValueError) as error:
-        raise TaskError(f"task {path} refused its task_args: {error}") from None
+        raise TaskError(f"task {path}: data file not found: {error.filename or error}") from None
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the task's own code failed: one line, exit 2
+        raise TaskError(failure(path, "the task function", error)) from None
     if not isinstance(task, Task):
         raise TaskError(f"task: {path} returned {type(task).__name__}, expected esgd.worker.task.Task")
     return task
 
 
 def load_task(path: str, args: dict) -> Task:
-    """Import and call the task function (cached per process)."""
+    """Import and call the task function (cached per process). Raises TaskError, one line naming
+    the task, for a module outside $ESGD_TASK_ALLOW, an import path or arguments that do not fit,
+    and any exception (SystemExit included) raised by the task's code."""
+    check_allowed(path)
     try:
         key = json.dumps(args, sort_keys=True)
     except TypeError as error:
