@@ -25,9 +25,15 @@ install: $(VENV)/.installed
 
 # ESGD and the population baseline on the bundled digits task, same spec and budget: a progress
 # line per generation, the side-by-side table, plots of both, then the ESGD run's own report.
+# The runs are <RUN_ID>-population and <RUN_ID>-esgd: the same command resumes them, and raising
+# `generations` in the example extends them; after any other edit of the example, new runs need
+# another id (the error says which is free): make demo RUN_ID=demo-2.
+RUN_ID ?= demo
+DEMO_AGAIN = make demo$(if $(filter command line,$(origin STORE)), STORE=$(STORE)) RUN_ID={}
 demo: install
-	$(VENV)/bin/esgd compare examples/digits.yaml --store $(STORE) --run-id demo --modes population,esgd --out demo-out/compare
-	$(VENV)/bin/esgd report $(STORE)/runs/demo-esgd --out demo-out/esgd
+	ESGD_RUN_ID_HINT='$(DEMO_AGAIN)' $(VENV)/bin/esgd compare examples/digits.yaml --store $(STORE) \
+		--run-id $(RUN_ID) --modes population,esgd --out demo-out/compare
+	$(VENV)/bin/esgd report $(STORE)/runs/$(RUN_ID)-esgd --out demo-out/esgd
 
 # The linter and the formatter (both ruff, configured in pyproject.toml) first, then the tests.
 test: lint

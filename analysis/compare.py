@@ -1,5 +1,6 @@
 """`esgd compare SPEC`: the four modes side by side, with the same spec and budget, as in the
-paper's Table 1 (best fitness, the [best, 15th best] range, the task's error metric) and its
+paper's Table 1 (best fitness, the [best, 15th best] range, the task's error metric; with µ < 15
+the range ends at the worst survivor, and the table and plots say so) and its
 Fig. 1 (fitness per generation) and Fig. 2 (offspring among the elites) with all modes together.
 
 The modes share everything but `mode`: generations K, epochs per generation Ks, µ, the optimizer
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from esgd.core.metrics import finite
+from esgd.core.metrics import band_label, finite
 from esgd.core.spec import Mode, RunSpec, SpecError, parse_spec
 
 MODES: tuple[Mode, ...] = ("single", "population", "no-evolution", "esgd")
@@ -47,8 +48,9 @@ def compare(
     modes: tuple[str, ...] = MODES,
     progress: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Run (or resume) every mode; one result per mode: mode, run (URI), best, top15, metric_name,
-    metric, epochs (individual-epochs of SGD), generations (per-generation summaries)."""
+    """Run (or resume) every mode; one result per mode: mode, run (URI), mu (survivors per
+    generation), best, top15, metric_name, metric, epochs (individual-epochs of SGD), generations
+    (per-generation summaries)."""
     from esgd.analysis.report import load
     from esgd.controller.local import execute
     from esgd.controller.runs import create_or_resume
@@ -73,6 +75,7 @@ def compare(
             {
                 "mode": mode,
                 "run": run.uri,
+                "mu": mode_spec.mu,
                 "best": final.best_fitness,
                 "top15": last["top15"],
                 "metric_name": final.metric_name,
@@ -98,15 +101,23 @@ def _metric(value: float | None, name: str) -> str:
     return f"{100 * value:.2f} %" if "error" in name else f"{value:.2f}"
 
 
+def band(results: list[dict]) -> str:
+    """The name of the top15 range for these results: "[best, 15th best]", or what it is when
+    µ < 15 ("[best, 8th best]", "[best, worst survivor]")."""
+    return f"[best, {band_label(r['mu'] for r in results)}]" if results else "[best, 15th best]"
+
+
 def table(results: list[dict], title: str) -> str:
     """The paper's Table 1 layout, one row per mode."""
     name = results[0]["metric_name"] if results else "metric"
-    head = f"{'mode':<14} {'best fitness':>12}  {'[best, 15th best]':<20} {name:>12}  {'SGD epochs':>10}"
+    label = band(results)
+    width = max(20, len(label))
+    head = f"{'mode':<14} {'best fitness':>12}  {label:<{width}} {name:>12}  {'SGD epochs':>10}"
     lines = [title, head, "-" * len(head)]
     for r in results:
-        band = f"[{r['top15'][0]:.4f}, {r['top15'][1]:.4f}]"
+        values = f"[{r['top15'][0]:.4f}, {r['top15'][1]:.4f}]"
         lines.append(
-            f"{r['mode']:<14} {r['best']:>12.4f}  {band:<20} {_metric(r['metric'], name):>12}  {r['epochs']:>10}"
+            f"{r['mode']:<14} {r['best']:>12.4f}  {values:<{width}} {_metric(r['metric'], name):>12}  {r['epochs']:>10}"
         )
     return "\n".join(lines)
 
@@ -120,13 +131,17 @@ def json_lines(results: list[dict]) -> str:
 
 def plots(results: list[dict], out: Path, title: str) -> list[Path]:
     """fitness.png (Fig. 1: best and the [best, 15th best] band per generation, every mode) and
-    offspring_in_elite.png (Fig. 2: share of offspring among the m elites, every mode)."""
+    offspring_in_elite.png (Fig. 2: share of offspring among the m elites, every mode that evolves;
+    the others are named as having no offspring)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    out.mkdir(parents=True, exist_ok=True)
+    from esgd.analysis.report import output_dir
+
+    output_dir(out)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in results:
         gens = [s["generation"] for s in r["generations"]]
@@ -140,21 +155,29 @@ def plots(results: list[dict], out: Path, title: str) -> list[Path]:
             color=line.get_color(),
             alpha=0.15,
         )
-    ax.set(xlabel="generation", ylabel="fitness (loss, lower is better)", title=f"{title}: best and [best, 15th best]")
+    ax.set(xlabel="generation", ylabel="fitness (loss, lower is better)", title=f"{title}: best and {band(results)}")
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig2, ax2 = plt.subplots(figsize=(8, 3.5))
-    width = 0.8 / max(1, len(results))
-    for i, r in enumerate(results):
+    evolving = [r for r in results if any(s["phase"] == "evolution" for s in r["generations"])]
+    width = 0.8 / max(1, len(evolving))
+    for i, r in enumerate(evolving):
         gens = [s["generation"] for s in r["generations"]]
         ax2.bar(
-            [g + (i - (len(results) - 1) / 2) * width for g in gens],
+            [g + (i - (len(evolving) - 1) / 2) * width for g in gens],
             [100 * s["offspring_in_elite"] for s in r["generations"]],
             width=width,
             label=r["mode"],
         )
+    others = [r["mode"] for r in results if r not in evolving]
+    if others:  # no evolution step, no offspring: named, not drawn as an entry without bars
+        note = f"no offspring in {', '.join(others)} (no evolution step)"
+        ax2.text(0.5, 0.9, note, ha="center", va="top", transform=ax2.transAxes)
     ax2.set(xlabel="generation", ylabel="% offspring", ylim=(0, 100), title=f"{title}: offspring among the m elites")
-    ax2.legend()
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if evolving:
+        ax2.legend()
     files = [out / "fitness.png", out / "offspring_in_elite.png"]
     for figure, path in zip((fig, fig2), files):
         figure.tight_layout()

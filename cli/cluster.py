@@ -4,11 +4,13 @@ task: the run's first pod checks the task (esgd.worker.preflight), where the dat
 
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 from esgd.cli.options import CLUSTER_STORE, RUN_ID, SET, SETTINGS, log
 from esgd.core import keys, plan
 from esgd.core.spec import RunSpec, SpecError, dump_spec, load_spec, read_spec_text
-from esgd.store.uri import store_uri
+from esgd.store.base import StoreError
+from esgd.store.uri import check_store_uri, store_uri
 from esgd.workflows.settings import ClusterSettings, load_settings
 
 
@@ -19,14 +21,26 @@ def _spec(path: str, overrides: list[str] | None) -> tuple[RunSpec, str]:
     return spec, (dump_spec(spec) if overrides else text)
 
 
-def _store(args, required: bool = True) -> str | None:
-    """The store every pod uses: --store, else $ESGD_STORE (never a local default)."""
+def _store(args, required: bool = True, pods: bool = False) -> str | None:
+    """The store every pod uses: --store, else $ESGD_STORE (never a local default). Credentials in
+    the URI and schemes other than s3:// and local paths are refused without echoing the URI (it
+    would go into a Workflow, a log or a terminal as written). `pods`: the URI is written into
+    Workflows as it is (esgd compile), so a relative path, which each pod would resolve in its own
+    working folder, is refused too."""
     store = store_uri(args.store, local_default=False)
     if not store:
         if not required:
             return None
         raise SpecError("--store is required: the store the pods read and write, e.g. s3://bucket/prefix")
-    if not store.startswith("s3://"):
+    given = "--store" if args.store else "$ESGD_STORE"
+    check_store_uri(store, given)
+    parts = urlparse(store)
+    if parts.scheme == "" and pods and not store.startswith("/"):
+        raise StoreError(
+            f"{given} is a relative path: every pod would resolve it in its own working folder; "
+            "use s3://bucket/prefix (or an absolute path that every pod mounts)"
+        )
+    if parts.scheme != "s3":
         log(f"esgd: warning: {store} is not an s3:// URI; every pod must be able to reach it")
     return store.rstrip("/")
 
@@ -47,8 +61,8 @@ def _compile(args) -> int:
 
     spec, text = _spec(args.spec, args.set)
     settings = load_settings(args.settings)
-    store = _store(args, required=args.launcher)
-    run_id = args.run_id or default_run_id(spec)
+    store = _store(args, required=args.launcher, pods=True)
+    run_id = default_run_id(spec) if args.run_id is None else keys.check_run_id(args.run_id)
     try:
         if args.launcher:
             workflow = launcher_workflow(text, settings, store, run_id)
@@ -111,6 +125,8 @@ def _controller(args) -> int:
     from esgd.controller.argo import ArgoEngine, current_namespace
     from esgd.controller.driver import Driver
 
+    if args.run_id is not None:
+        keys.check_run_id(args.run_id)  # before the cluster is asked anything
     settings = load_settings(args.settings)
     if args.namespace:
         settings = settings.model_copy(update={"namespace": args.namespace})

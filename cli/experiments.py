@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from esgd.cli.options import DEVICE, SET, STORE, THREADS, log
+from esgd.cli.options import DEVICE, SET, STORE, THREADS, log, status
 
 
 def _data_import(args) -> int:
@@ -17,17 +17,25 @@ def _data_import(args) -> int:
 
 
 def _compare(args) -> int:
-    from esgd.analysis.compare import base_run_id, compare, json_lines, parse_modes, plots, table, title
+    from esgd.analysis.compare import base_run_id, compare, json_lines, parse_modes, plots, table, title, with_mode
+    from esgd.analysis.report import output_dir
+    from esgd.controller.runs import check_runs
+    from esgd.core import keys
     from esgd.core.spec import read_spec
-    from esgd.worker.threads import configure_threads
+    from esgd.store.uri import open_store
 
-    configure_threads(args.threads)  # the four runs' steps run in this process
     spec = read_spec(args.spec, args.set)
     modes = parse_modes(args.modes)
-    base = args.run_id or base_run_id(spec)
+    base = base_run_id(spec) if args.run_id is None else keys.check_run_id(args.run_id)
+    check_runs(open_store(args.store), {f"{base}-{mode}": with_mode(spec, mode) for mode in modes}, base)
+    out = output_dir(Path(args.out or f"esgd-compare-{base}"), make=False)  # a file in its way: said before the runs
+    with status("" if args.quiet else "loading torch …"):
+        from esgd.worker.threads import configure_threads
+
+        configure_threads(args.threads)  # the four runs' steps run in this process
     results = compare(spec, args.store, base, args.device, modes, progress=(lambda line: None) if args.quiet else log)
     print(json_lines(results) if args.json else table(results, title(spec)))
-    for path in plots(results, Path(args.out or f"esgd-compare-{base}"), spec.name):
+    for path in plots(results, out, spec.name):
         log(str(path))
     return 0
 
@@ -49,12 +57,16 @@ def _lineage(args) -> int:
 def _replay(args) -> int:
     from esgd.analysis.lineage import json_dump
     from esgd.analysis.replay import replay, replay_text
+    from esgd.analysis.report import run_spec
     from esgd.store import checkpoint
+    from esgd.store.run import RunRef
+    from esgd.store.uri import open_run
     from esgd.worker.run import Run
     from esgd.worker.train import fitness, metric
     from esgd.worker.weights import to_checkpoint
 
-    run = Run.open(args.run, args.device)
+    store, run_id = open_run(args.run)
+    run = Run(RunRef(store, run_id, run_spec(store, run_id)), args.device)  # "no run at URI" if there is none
     steps, model, lin = replay(run, args.member)
     final = steps[-1]["replay_fitness"] if steps else fitness(model, run.task, run.fitness_data)
     value = metric(model, run.task, run.fitness_data, final)

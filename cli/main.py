@@ -3,23 +3,26 @@ esgd.cli.experiments, the cluster commands in esgd.cli.cluster; each module adds
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from esgd.cli import cluster, experiments
-from esgd.cli.options import DEVICE, RUN_ID, SET, STORE, THREADS, exit_after, log, run_main
+from esgd.cli import cluster, experiments, export, verify
+from esgd.cli.options import DEVICE, RUN_ID, SET, STORE, THREADS, exit_after, log, run_main, status
 from esgd.core.spec import dump_spec, json_schema, load_spec, read_spec
 from esgd.store.uri import open_run, open_store
 
 
 def _run(args) -> int:
-    from esgd.controller.local import execute
-    from esgd.controller.runs import create_or_resume
-    from esgd.worker.preflight import preflight
-    from esgd.worker.threads import configure_threads
+    spec = read_spec(args.spec, args.set)  # a bad spec is one line before torch is even imported
+    with status(f"loading torch and the task {spec.task} …"):
+        from esgd.controller.local import execute
+        from esgd.controller.runs import create_or_resume
+        from esgd.worker.preflight import preflight
+        from esgd.worker.threads import configure_threads
 
-    configure_threads(args.threads)  # before the preflight's first torch work: the steps run in this process
-    spec = read_spec(args.spec, args.set)
-    run, resumed = create_or_resume(open_store(args.store), spec, args.run_id, lambda s: preflight(s, args.device))
+        configure_threads(args.threads)  # before the preflight's first torch work: the steps run in this process
+        store = open_store(args.store)
+        run, resumed = create_or_resume(store, spec, args.run_id, lambda s: preflight(s, args.device))
     log(f"{'resuming' if resumed else 'starting'} {run.uri} (mode {spec.mode}, µ={spec.mu}, K={spec.generations})")
     execute(run, args.device, progress=log)
     print(run.uri)
@@ -28,7 +31,12 @@ def _run(args) -> int:
 
 def _spec(args) -> int:
     if args.schema:
-        print(json.dumps(json_schema(), indent=2))
+        text = json.dumps(json_schema(), indent=2, ensure_ascii=False)  # σ, µ as they are written
+        try:
+            text.encode(sys.stdout.encoding or "utf-8")
+        except (UnicodeEncodeError, LookupError):  # a terminal that cannot show them: escaped, still JSON
+            text = json.dumps(json_schema(), indent=2)
+        print(text)
         return 0
     spec = read_spec(args.file, args.set) if args.file else load_spec("{}", args.set or [])
     print(dump_spec(spec), end="")
@@ -36,23 +44,34 @@ def _spec(args) -> int:
 
 
 def _report(args) -> int:
-    from esgd.analysis.report import json_lines, load, plots
+    from esgd.analysis.report import json_lines, open_report, output_dir, plots, unfinished
+    from esgd.core.metrics import band_label
 
     store, run_id = open_run(args.run)
-    _, summaries, final = load(store, run_id)
+    spec, _, summaries, final = open_report(store, run_id)
+    note = unfinished(spec, summaries, final)
     if args.json:
         print(json_lines(summaries))
+        if note:
+            log(note)
         return 0
-    out = Path(args.out or f"esgd-report-{run_id}")
-    for path in plots(summaries, out, run_id):
+    out = output_dir(Path(args.out or f"esgd-report-{run_id}"))
+    for path in plots(summaries, out, run_id, spec.mu):
         print(path)
     last = summaries[-1]
-    log(
-        f"generations {len(summaries)}  best {last['best']:.4f}  top15 [{last['top15'][0]:.4f}, {last['top15'][1]:.4f}]"
+    band = f"[best, {band_label([spec.mu])}] [{last['top15'][0]:.4f}, {last['top15'][1]:.4f}]"
+    span = f"0..{spec.generations - 1}"
+    when = (
+        f"after generations {span} and fine-tuning"
+        if last["phase"] == "finetune"
+        else f"generation {last['generation']} of {span}"
     )
+    log(f"{when}: best {last['best']:.4f}  {band}")
     if final:
         metric = "" if final.metric is None else f"  {final.metric_name} {final.metric:.4f}"
         log(f"best individual {final.best_member}  fitness {final.best_fitness:.4f}{metric}")
+    if note:
+        log(note)
     return 0
 
 
@@ -73,12 +92,14 @@ def parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="plots (PNG) or per-generation JSON of a run")
     report.add_argument("run", help="run URI, as printed by `esgd run`")
-    report.add_argument("--out", help="folder for the PNG plots (default esgd-report-<run-id>)")
+    report.add_argument("--out", help="folder for the PNG plots, made if missing (default esgd-report-<run-id>)")
     report.add_argument("--json", action="store_true", help="print one JSON object per generation instead")
     report.set_defaults(handler=_report)
 
     cluster.add_parsers(sub)  # compile, controller, cluster-check
     experiments.add_parsers(sub)  # data import, compare, lineage, replay
+    verify.add_parsers(sub)  # verify
+    export.add_parsers(sub)  # export
     return p
 
 

@@ -4,7 +4,8 @@ parent parsers), and how a command's errors become one line and an exit code."""
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from esgd.core.errors import TRANSIENT_EXIT, InputError, RunStopped, TransientError
 from esgd.store.base import StoreError
@@ -48,12 +49,39 @@ SETTINGS = _parent(
 )
 
 
+BROKEN_PIPE_EXIT = 141
+"""128 + SIGPIPE: the status a shell shows for a filter whose reader went away (`yes | head`)."""
+
+
+def _quiet() -> None:
+    """Point the stream whose reader went away at /dev/null, so that what is still buffered does not
+    fail again at exit (Python's documented recipe for SIGPIPE); a stream that still works is kept."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            except (OSError, ValueError):  # not a real file (a test's capture): it is not flushed at exit
+                pass
+        except (OSError, ValueError):
+            pass
+
+
 def run_main(prog: str, handler: Callable[[], int]) -> int:
     """handler()'s exit code. Transient trouble (a store or API that cannot be reached now) is one
     line and exit code 75; bad input, an unusable store and a run that cannot go on, one line and
-    exit code 2."""
+    exit code 2. A reader that goes away (`esgd report --json | head`) ends the command quietly
+    with exit code 141, as a Unix filter killed by SIGPIPE ends (under `set -o pipefail` a script
+    sees the same status as for `cat` or `grep`); a run in progress stops as after an interrupt and
+    resumes with the same command."""
     try:
-        return handler()
+        code = handler()
+        sys.stdout.flush()  # a reader that went away shows up here rather than at exit
+        return code
+    except BrokenPipeError:
+        _quiet()
+        return BROKEN_PIPE_EXIT
     except TransientError as error:
         print(f"{prog}: error: {error} (it may pass: run the same command again)", file=sys.stderr)
         return TRANSIENT_EXIT
@@ -85,3 +113,20 @@ def exit_after(main_function: Callable[[], int]) -> None:
 def log(line: str) -> None:
     """A progress line on stderr (stdout carries only a command's result, e.g. a run URI)."""
     print(line, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def status(line: str) -> Iterator[None]:
+    """`line` on stderr while the block runs, on a terminal only, erased when it ends: life within a
+    second of starting (loading torch and the task takes seconds) that leaves bad input its one
+    error line. Elsewhere (logs, pipes, tests) nothing: the next progress line follows soon."""
+    shown = bool(line) and sys.stderr.isatty()
+    if shown:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    try:
+        yield
+    finally:
+        if shown:
+            sys.stderr.write("\r\x1b[K")  # back to the line's start, erased
+            sys.stderr.flush()

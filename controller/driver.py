@@ -87,9 +87,16 @@ class Driver:
     ):
         self.run, self.engine, self.log, self.sleep, self.patience = run, engine, log, sleep, patience
 
+    def plan(self) -> list[Phase]:
+        """Every phase of the run, cut by the engine; the final stages tagged apart when the run was
+        extended to its generations (esgd.controller.runs.extend)."""
+        extension = keys.extension(self.run.id, self.run.spec.generations)
+        extended = self.patiently(lambda: self.run.store.exists(extension), "reading the run's extension")
+        return phases(self.run.spec, *self.engine.split(self.run.spec), extended)
+
     def remaining(self, done: int) -> list[Phase]:
         """The phases after `done` committed generations, in order; the final one unless committed."""
-        every = phases(self.run.spec, *self.engine.split(self.run.spec))
+        every = self.plan()
         return [p for p in every if (p.generation >= done if p.generation is not None else not self.committed(p))]
 
     def committed(self, phase: Phase) -> bool:

@@ -15,8 +15,9 @@ from collections.abc import Callable
 import torch
 
 from esgd.controller.driver import Driver, Engine, PhaseFailed
+from esgd.core import keys
 from esgd.core.errors import TRANSIENT_EXIT
-from esgd.core.plan import Phase, Step
+from esgd.core.plan import Phase, Step, generation_marker
 from esgd.core.spec import RunSpec
 from esgd.store.run import RunRef
 from esgd.worker import steps
@@ -100,5 +101,14 @@ def local_engine(device: str | None) -> Engine:
 
 
 def execute(run: RunRef, device: str | None = None, progress: Callable[[str], None] = print) -> None:
-    """Run (or resume) every remaining step of the run on this machine."""
-    Driver(run, local_engine(device or run.spec.device), progress).drive()
+    """Run (or resume) every remaining step of the run on this machine. Before a first generation
+    (which may take a while: the driver reports each generation as it is committed) one line says
+    what is under way."""
+    engine = local_engine(device or run.spec.device)
+    if not run.store.exists(generation_marker(run.id, 0)):
+        first = f"generation 0 of 0..{run.spec.generations - 1}"
+        if run.store.exists(keys.parents(run.id, 0)):
+            progress(f"training {first} ({engine.name}) …")
+        else:
+            progress(f"initialising {run.spec.mu} individual(s), then {first} ({engine.name}) …")
+    Driver(run, engine, progress).drive()

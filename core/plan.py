@@ -82,6 +82,9 @@ class Step:
 class Phase:
     generation: int | None  # None: the final stages (fine-tuning, finish)
     stages: tuple[tuple[Step, ...], ...]
+    after: int | None = None
+    """The final stages of an extended run: the generations they follow, in their tag, so that an
+    engine never takes the final stages the run had before its extension for these (Workflow names)."""
 
     @property
     def name(self) -> str:
@@ -89,8 +92,11 @@ class Phase:
 
     @property
     def tag(self) -> str:
-        """`g0003` for a generation, `final` for the final stages (in Workflow names and labels)."""
-        return FINAL if self.generation is None else f"g{self.generation:04d}"
+        """`g0003` for a generation, `final` for the final stages, `final-k0020` for those of a run
+        extended to 20 generations (in Workflow names and labels)."""
+        if self.generation is not None:
+            return f"g{self.generation:04d}"
+        return FINAL if self.after is None else f"{FINAL}-k{self.after:04d}"
 
     def marker(self, run_id: str) -> str:
         """The key whose existence commits the phase (every step commits before it)."""
@@ -151,15 +157,16 @@ def generation(spec: RunSpec, number: int, pack: int, shard: int) -> Phase:
     return Phase(number, tuple(stages))
 
 
-def final(spec: RunSpec, pack: int) -> Phase:
-    """Fine-tuning (if configured) in packs of `pack`, then finish."""
+def final(spec: RunSpec, pack: int, extended: bool = False) -> Phase:
+    """Fine-tuning (if configured) in packs of `pack`, then finish; `extended`: the run was extended
+    to spec.generations (its final stages are tagged with them)."""
     stages = []
     if spec.finetune.epochs > 0:
         stages.append(tuple(Step("finetune", members=r) for r in shards(spec.mu, pack)))
     stages.append((Step("finish"),))
-    return Phase(None, tuple(stages))
+    return Phase(None, tuple(stages), spec.generations if extended else None)
 
 
-def phases(spec: RunSpec, pack: int, shard: int) -> list[Phase]:
+def phases(spec: RunSpec, pack: int, shard: int, extended: bool = False) -> list[Phase]:
     """Every phase of a run, in order."""
-    return [generation(spec, g, pack, shard) for g in range(spec.generations)] + [final(spec, pack)]
+    return [generation(spec, g, pack, shard) for g in range(spec.generations)] + [final(spec, pack, extended)]

@@ -3,9 +3,16 @@
 One encoding each: a record is a JSON object (its fields, nested records as objects, plus its
 schema name and version under "schema"); a row is a Parquet row whose columns derive from its
 fields (esgd.core.tables). Both are checked on read: a record of another schema, a missing or
-mistyped field, raise SchemaError naming the key, instead of being misread.
+mistyped field, raise SchemaError naming the key, instead of being misread; a record or table whose
+bytes are not those written (torn, altered: it does not parse, or its checksum does not match)
+raises Damaged naming the key and how to recover (esgd.core.keys.recovery).
+
+Checksums: a record carries the SHA-256 of its own canonical JSON (sorted keys, without the
+checksum) under "checksum"; a table carries the SHA-256 of its values in its Parquet metadata
+(esgd.core.tables). Objects written before checksums existed have none and are read unchecked.
 """
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cache
@@ -13,6 +20,7 @@ from typing import ClassVar
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from esgd.core import keys
 from esgd.core.errors import InputError
 from esgd.core.hparams import HParams
 
@@ -24,6 +32,22 @@ class SchemaError(InputError):
 
 
 OTHER_VERSION = "written by another version of esgd? finish the run with the version that started it"
+CHECKSUM = "checksum"  # a record's own checksum: the SHA-256 of its canonical JSON without this field
+
+
+class Damaged(InputError):
+    """A stored object whose bytes are not those written: torn (e.g. by an OS crash before they
+    reached the disk) or altered, so that it does not parse or its checksum does not match. The
+    message names the key and how to recover; the store layer turns it into its IntegrityError
+    (esgd.store.base.damaged), with the store's URI."""
+
+    def __init__(self, key: str, reason: str):
+        self.key, self.reason = key, reason
+        super().__init__(f"{key} is damaged ({reason}); {keys.recovery(key)}")
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -115,16 +139,31 @@ def to_dict(record) -> dict:
 
 
 def encode(record) -> bytes:
-    return json.dumps({"schema": record.SCHEMA, **to_dict(record)}, sort_keys=True).encode()
+    """The record as JSON: its schema, its fields, and the checksum of both."""
+    body = {"schema": record.SCHEMA, **to_dict(record)}
+    return json.dumps({**body, CHECKSUM: digest(json.dumps(body, sort_keys=True))}, sort_keys=True).encode()
+
+
+def checked_json(data: bytes, where: str) -> dict:
+    """A stored JSON object, its checksum (if it has one) verified and removed; Damaged naming
+    `where` if it does not parse or does not match."""
+    try:
+        raw = json.loads(data)
+    except ValueError:  # UnicodeDecodeError included
+        raise Damaged(where, "not a readable JSON record: torn or altered") from None
+    if not isinstance(raw, dict):
+        raise Damaged(where, "not a JSON object: altered")
+    expected = raw.pop(CHECKSUM, None)
+    if expected is not None and expected != digest(json.dumps(raw, sort_keys=True)):
+        raise Damaged(where, "checksum mismatch: altered since it was written")
+    return raw
 
 
 def decode(cls, data: bytes, where: str):
-    """The record of type `cls` in `data`; SchemaError naming `where` if it is not one."""
-    try:
-        raw = json.loads(data)
-    except ValueError:
-        raise SchemaError(f"{where}: not a JSON record") from None
-    found = raw.pop("schema", None) if isinstance(raw, dict) else None
+    """The record of type `cls` in `data`; Damaged naming `where` if its bytes are not those
+    written, SchemaError if it is not such a record."""
+    raw = checked_json(data, where)
+    found = raw.pop("schema", None)
     if found != cls.SCHEMA:
         raise SchemaError(f"{where}: schema {found!r}, expected {cls.SCHEMA!r} ({OTHER_VERSION})")
     return validate(cls, raw, where)

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from typing import BinaryIO, TypeVar
 from urllib.parse import urlparse
 
-from esgd.core import records
+from esgd.core import keys, records
 from esgd.core.errors import TransientError
-from esgd.core.records import BlobRef
+from esgd.core.records import BlobRef, Damaged
 
 R = TypeVar("R")
 
@@ -34,7 +34,20 @@ class NotFound(StoreError):
 
 
 class IntegrityError(StoreError):
-    """An object whose bytes do not match the checksum recorded for it."""
+    """A stored object whose bytes are not those written: its checksum does not match, or it does
+    not parse (torn or altered). The message names the object and how to recover."""
+
+
+def damaged(store: "Store", error: Damaged) -> IntegrityError:
+    """The store's error for a damaged object found by the core's checks: its URI, what is wrong,
+    and how to recover (esgd.core.keys.recovery)."""
+    return IntegrityError(
+        f"{store.uri.rstrip('/')}/{error.key} is damaged ({error.reason}); {recovery(store, error.key)}"
+    )
+
+
+def recovery(store: "Store", key: str) -> str:
+    return keys.recovery(key, redacted(store.uri))
 
 
 def attempt_id() -> str:
@@ -87,6 +100,12 @@ class Store(ABC):
     def check_writable(self) -> None:
         """Raise StoreError with a clear message if this store cannot be written; writes nothing."""
 
+    def delete(self, key: str) -> None:
+        """Remove an object; nothing happens if it is absent. A run's steps never remove anything:
+        only extending a run (esgd.controller.runs) removes what was made after its last committed
+        generation (its final stages). A backend without it cannot extend a finished run."""
+        raise StoreError(f"store {self.uri} cannot remove objects")
+
     def open_read(self, key: str) -> BinaryIO:
         """A readable binary stream of the object (NotFound if absent). Backends stream it; this
         default reads the whole object."""
@@ -108,5 +127,10 @@ class Store(ABC):
         return self.read(key, type(record))
 
     def read(self, key: str, cls: type[R]) -> R:
-        """The record of type `cls` at `key`; NotFound if absent, SchemaError if it is not one."""
-        return records.decode(cls, self.get(key), key)
+        """The record of type `cls` at `key`, its checksum checked; NotFound if absent, IntegrityError
+        if its bytes are not those written, SchemaError if it is not such a record."""
+        data = self.get(key)
+        try:
+            return records.decode(cls, data, key)
+        except Damaged as error:
+            raise damaged(self, error) from None

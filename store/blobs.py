@@ -13,7 +13,7 @@ from threading import Lock
 from typing import BinaryIO
 
 from esgd.core.records import BlobRef
-from esgd.store.base import IntegrityError, Store, sha256
+from esgd.store.base import IntegrityError, Store, recovery, sha256
 
 
 class Blobs:
@@ -55,7 +55,7 @@ class Blobs:
         data = self.kept.recall(ref)
         if data is not None:
             return VerifiedReader(io.BytesIO(data), ref, verified=True)
-        return VerifiedReader(self.store.open_read(ref.key), ref)
+        return VerifiedReader(self.store.open_read(ref.key), ref, advice=recovery(self.store, ref.key))
 
     def get(self, ref: BlobRef) -> bytes:
         """A blob's bytes, size and checksum checked."""
@@ -64,7 +64,9 @@ class Blobs:
             return data
         data = self.store.get(ref.key)
         if len(data) != ref.size or sha256(data) != ref.sha256:
-            raise IntegrityError(f"checksum mismatch for {ref.key}: the object is truncated or altered")
+            raise IntegrityError(
+                f"checksum mismatch for {ref.key}: the object is truncated or altered; {recovery(self.store, ref.key)}"
+            )
         return data
 
 
@@ -110,10 +112,12 @@ class VerifiedReader:
     IntegrityError at once, and finish() (read to the end, compare the checksum) must be called
     before anything made from the bytes is committed."""
 
-    def __init__(self, raw: BinaryIO, ref: BlobRef, verified: bool = False):
+    def __init__(self, raw: BinaryIO, ref: BlobRef, verified: bool = False, advice: str = ""):
         """`verified`: `raw` holds bytes already known to match the reference (Kept): the
-        size is still counted, the checksum is not computed again."""
+        size is still counted, the checksum is not computed again. `advice`: how to recover,
+        added to the errors."""
         self._raw, self.key, self._size, self._sha = raw, ref.key, ref.size, ref.sha256
+        self._advice = f"; {advice}" if advice else ""
         self._hash, self._pos, self._verified = hashlib.sha256(), 0, verified
 
     def readable(self) -> bool:
@@ -143,10 +147,13 @@ class VerifiedReader:
         if not self._verified:
             self._hash.update(data)
         if self._pos > self._size:
-            raise IntegrityError(f"checksum mismatch for {self.key}: the object is longer than its recorded size")
+            raise IntegrityError(
+                f"checksum mismatch for {self.key}: the object is longer than its recorded size{self._advice}"
+            )
         if len(data) < want and self._pos < self._size:
             raise IntegrityError(
                 f"checksum mismatch for {self.key}: the object is truncated ({self._pos} of {self._size} B)"
+                + self._advice
             )
         return data
 
@@ -154,7 +161,7 @@ class VerifiedReader:
         """Read what is left and check size and checksum; IntegrityError names the key."""
         self.read(self._size - self._pos)
         if self._raw.read(1) or (not self._verified and self._hash.hexdigest() != self._sha):
-            raise IntegrityError(f"checksum mismatch for {self.key}: the object is truncated or altered")
+            raise IntegrityError(f"checksum mismatch for {self.key}: the object is truncated or altered{self._advice}")
 
     def close(self) -> None:
         self._raw.close()

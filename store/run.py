@@ -1,12 +1,18 @@
 """A run as the store holds it: its store, its id and its frozen spec. Everything above the worker
 (the driver, the engines, reports) sees a run this way, without torch."""
 
+import hashlib
 from dataclasses import dataclass
 
 from esgd.core import keys
-from esgd.core.spec import RunSpec, load_spec
-from esgd.store.base import Store
+from esgd.core.records import Damaged
+from esgd.core.spec import RunSpec, SpecError, load_spec
+from esgd.store.base import Store, damaged
 from esgd.store.uri import open_run, run_uri
+
+CHECKSUM = "# sha256 "
+"""The frozen spec's checksum line, the last of its header: the SHA-256 of the text after it (the
+resolved spec). Runs created before checksums existed have none."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,33 @@ class RunRef:
         return cls(store, run_id, frozen_spec(store, run_id))
 
 
+def with_checksum(header: list[str], text: str) -> str:
+    """A spec.yaml's content: the header's comment lines, the checksum line of `text`, then `text`
+    (the resolved spec, esgd.core.spec.dump_spec)."""
+    return "".join(f"{line}\n" for line in header) + f"{CHECKSUM}{hashlib.sha256(text.encode()).hexdigest()}\n{text}"
+
+
 def frozen_spec(store: Store, run_id: str) -> RunSpec:
-    """The spec a run was created with (NotFound if there is no such run)."""
-    return load_spec(store.get(keys.spec(run_id)).decode())
+    """The spec a run was created with (NotFound if there is no such run), its checksum checked:
+    IntegrityError naming the stored spec when it is damaged, never taken for the user's file."""
+    key = keys.spec(run_id)
+    data = store.get(key)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise damaged(store, Damaged(key, "not UTF-8 text: torn or altered")) from None
+    lines = text.splitlines(keepends=True)
+    header = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    marks = [i for i in range(header) if lines[i].startswith(CHECKSUM)]
+    if marks:
+        line, rest = lines[marks[-1]], "".join(lines[marks[-1] + 1 :])
+        if hashlib.sha256(rest.encode()).hexdigest() != line.removeprefix(CHECKSUM).strip():
+            raise damaged(store, Damaged(key, "checksum mismatch: altered since the run was created"))
+        try:
+            return load_spec(rest, where=key)
+        except SpecError as error:  # intact, so written by a version whose specs this one cannot read
+            raise SpecError(f"the run's frozen spec {key} does not load with this version of esgd: {error}") from None
+    try:
+        return load_spec(text, where=key)
+    except SpecError as error:  # no checksum (an older run): damaged, or of another version
+        raise damaged(store, Damaged(key, f"it does not load as a spec: {error}")) from None

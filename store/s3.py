@@ -375,6 +375,10 @@ class S3Store(Store):
             return False
         return True
 
+    def delete(self, key: str) -> None:
+        name = self._key(key)  # S3 answers 204 for an absent key too
+        self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=name))
+
     def list(self, prefix: str) -> list[str]:
         root = f"{self._key(prefix.strip('/'))}/"
         skip = len(self.prefix) + 1 if self.prefix else 0

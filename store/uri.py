@@ -16,17 +16,37 @@ def store_uri(uri: str | None, local_default: bool = True) -> str | None:
     return uri or os.environ.get("ESGD_STORE") or (DEFAULT_STORE if local_default else None)
 
 
+def check_store_uri(uri: str, given: str = "store") -> None:
+    """StoreError, without echoing the URI (it may hold a secret), if it names credentials
+    (`user:secret@`, also a secret with a `/` in it, which hides the `@` from the host part) or a
+    scheme other than a local path, file:// and s3://. `given`: how the message names it (--store)."""
+    parts = urlparse(uri)
+    if "@" in parts.netloc or (parts.scheme == "s3" and ":" in parts.netloc) or (parts.scheme and "@" in uri):
+        raise StoreError(
+            f"{given}: credentials in a store URI are not supported (they would be written into Workflows "
+            "and logs): use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the shared "
+            "credentials file (on a cluster: the Secret named by the settings' s3Secret, or the pods' "
+            "service account)"
+        )
+    if parts.scheme not in ("", "file", "s3"):
+        raise StoreError(
+            f"{given}: unsupported store URI scheme {parts.scheme + '://'!r}: use a local path, file:// or "
+            "s3://bucket/prefix"
+        )
+    if parts.scheme == "s3" and not parts.netloc:
+        raise StoreError(f"{given}: an S3 store needs a bucket: s3://bucket/prefix")
+
+
 def open_store(uri: str | None = None) -> Store:
     """A store from a URI (default: store_uri's): a local path or file:// URI, or s3://bucket/prefix."""
     uri = store_uri(uri)
+    check_store_uri(uri)
     scheme = urlparse(uri).scheme
     if scheme in ("", "file"):
         return LocalStore(unquote(urlparse(uri).path) if scheme == "file" else uri)
-    if scheme == "s3":
-        from esgd.store.s3 import S3Store  # boto3 is imported only for S3 stores
+    from esgd.store.s3 import S3Store  # boto3 is imported only for S3 stores
 
-        return S3Store.from_uri(uri)
-    raise StoreError(f"unsupported store URI {uri!r}: use a local path, file:// or s3://")
+    return S3Store.from_uri(uri)
 
 
 def run_uri(store: Store, run_id: str) -> str:

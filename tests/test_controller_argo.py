@@ -188,7 +188,7 @@ def test_runs_every_phase_with_the_plans_commands(run):
     assert fake.commands == expected_commands(run, [0, 1, None])
     assert run.store.exists(keys.final_manifest(run.id)) and next_phase(run) is None
     assert ctl.sleeps == [5.0] * 3  # per phase: seen Running once (one poll interval), then finished
-    assert any(line.startswith("gen   2/2") for line in lines) and lines[-1] == "run tiny-run is complete"
+    assert any(line.startswith("gen 1 of 0..1") for line in lines) and lines[-1] == "run tiny-run is complete"
 
 
 def test_request_bodies_are_valid_argo_workflows(run):

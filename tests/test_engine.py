@@ -23,7 +23,7 @@ def test_end_to_end_run_and_report(store_uri, tmp_path, capsys):
     spec_file = write_spec(tmp_path / "spec.yaml", tiny(finetune={"epochs": 1}))
     code, uri, err = run_cli(capsys, "run", spec_file, "--store", store_uri)
     assert code == 0, err
-    assert uri.endswith("/runs/" + uri.rsplit("/", 1)[1]) and "gen   3/3" in err
+    assert uri.endswith("/runs/" + uri.rsplit("/", 1)[1]) and "gen 2 of 0..2" in err
     rows = history(uri)
     assert {r["generation"] for r in rows} == {0, 1, 2, 3}  # 3 generations + fine-tuning
     assert sum(r["role"] == "offspring" for r in rows) == 3 * 4

@@ -201,7 +201,7 @@ def test_no_credentials_and_credentials_in_the_uri(s3_uri, monkeypatch):
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(StoreError, match="no S3 credentials"):
         open_store(s3_uri).check_writable()
-    with pytest.raises(StoreError, match="credentials in an s3:// URI are not supported") as error:
+    with pytest.raises(StoreError, match="credentials in a store URI are not supported") as error:
         open_store("s3://AKIDSECRET:hunter2@bucket/prefix")
     assert "hunter2" not in str(error.value) and "AKIDSECRET" not in str(error.value)
 

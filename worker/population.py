@@ -10,9 +10,9 @@ from esgd.core.errors import InputError
 from esgd.core.records import FitnessRecord, InitRecord, Member, OffspringRecord, TrainRecord
 from esgd.core.rng import int_seed
 from esgd.core.selection import rank
-from esgd.core.tables import rows
 from esgd.store import checkpoint
 from esgd.store.base import NotFound, StoreError, attempt_id
+from esgd.store.tables import read_rows
 from esgd.store.uri import read_uri
 from esgd.worker.run import Run
 from esgd.worker.train import fitness
@@ -24,7 +24,7 @@ def manifest(run: Run, key: str) -> list[Member]:
     process reads each one once (the local engine runs every step in one process)."""
     if key not in run.manifests:
         try:
-            run.manifests[key] = rows(run.store.get(key), Member, key)
+            run.manifests[key] = read_rows(run.store, key, Member)  # checksum checked: IntegrityError names it
         except NotFound:
             raise StoreError(f"{key} is not committed yet: run the earlier steps first") from None
     return list(run.manifests[key])
