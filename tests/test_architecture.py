@@ -38,6 +38,8 @@ NO_WORKER = {
     "esgd.controller.runs",
     "esgd.analysis.report",
     "esgd.analysis.lineage",
+    "esgd.analysis.verify",
+    "esgd.analysis.export",
     "esgd.cli.cluster",
 }
 
@@ -112,6 +114,8 @@ def test_the_driver_the_argo_engine_and_the_command_lines_import_no_torch():
             "esgd.cli.cluster",
             "esgd.analysis.report",
             "esgd.analysis.lineage",
+            "esgd.analysis.verify",
+            "esgd.analysis.export",
         ]
     )
 
