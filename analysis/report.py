@@ -7,9 +7,9 @@ from pathlib import Path
 from esgd.core import keys
 from esgd.core.errors import InputError
 from esgd.core.metrics import band_label, finite, summarize
-from esgd.core.records import FinalSummary, HistoryRow
+from esgd.core.records import FinalSummary
 from esgd.core.spec import RunSpec
-from esgd.core.tables import read_table
+from esgd.store import history
 from esgd.store.base import NotFound, Store, StoreError
 from esgd.store.run import frozen_spec
 from esgd.store.uri import run_uri
@@ -26,11 +26,10 @@ def run_spec(store: Store, run_id: str) -> RunSpec:
 def read_history(store: Store, run_id: str) -> list[dict]:
     """The run's history rows (the columns of records.HistoryRow); StoreError when there is no
     such run, or before its first generation is committed."""
-    key = keys.history(run_id)
-    try:
-        return read_table(store.get(key), HistoryRow, key).to_pylist()
+    spec = run_spec(store, run_id)
+    try:  # a damaged or missing history.parquet is merged again from its parts first
+        return history.read(store, run_id, spec).to_pylist()
     except NotFound:
-        spec = run_spec(store, run_id)
         raise StoreError(
             f"run {run_id} has no committed generation yet (0 of {spec.generations}): it is in progress, "
             "or stopped before its first generation ended (running it again resumes it)"

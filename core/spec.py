@@ -469,10 +469,28 @@ def _error_line(error: ValidationError) -> str:
     return f"{loc}: {msg}" + (f" (and {more} more)" if more else "")
 
 
+def refuse_credentials(data: Any, where: str = "") -> None:
+    """SpecError naming the field, never the value, if a string in the spec is a URI with
+    credentials in it (`scheme://user:secret@…`): the spec is stored, printed and written into
+    Workflows as it is. Credentials come from the environment (docs/security.md)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            refuse_credentials(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            refuse_credentials(value, f"{where}.{index}")
+    elif isinstance(data, str) and "://" in data and "@" in data:
+        raise SpecError(
+            f"{where}: credentials in a URI are not supported (the spec is stored and written into Workflows "
+            "as it is): use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or a Secret"
+        )
+
+
 def parse_spec(data: Any) -> RunSpec:
     """Validate a spec mapping; raises SpecError with one line naming the field."""
     if not isinstance(data, dict):
         raise SpecError("spec: expected a mapping at the top level")
+    refuse_credentials(data)
     try:
         return RunSpec.model_validate(data)
     except ValidationError as error:

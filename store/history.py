@@ -220,11 +220,16 @@ def _what(store: Store, error: Damaged) -> str:
 
 
 def read(store: Store, run_id: str, spec: RunSpec) -> pa.Table:
-    """history.parquet as a table, rebuilt first (merge) when it is damaged or one of its parts is;
-    NotFound before the first generation's history is written."""
+    """history.parquet as a table, rebuilt first (merge) when it is damaged or missing while parts
+    exist; NotFound before the first generation's history is written."""
     key = keys.history(run_id)
     try:
         return read_table(store.get(key), HistoryRow, key)
     except Damaged:
         merge(store, run_id, spec)
+    except NotFound:
+        if not store.list(keys.history_parts(run_id)):
+            raise
+        merge(store, run_id, spec)
+        log.warning("%s/%s was missing: merged again from the history parts", store.uri.rstrip("/"), key)
     return read_table(store.get(key), HistoryRow, key)

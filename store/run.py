@@ -2,12 +2,14 @@
 (the driver, the engines, reports) sees a run this way, without torch."""
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 from esgd.core import keys
+from esgd.core.records import CHECKSUM as CHECKSUM_FIELD
 from esgd.core.records import Damaged
 from esgd.core.spec import RunSpec, SpecError, load_spec
-from esgd.store.base import Store, damaged
+from esgd.store.base import NotFound, Store, damaged
 from esgd.store.uri import open_run, run_uri
 
 CHECKSUM = "# sha256 "
@@ -58,7 +60,21 @@ def frozen_spec(store: Store, run_id: str) -> RunSpec:
             return load_spec(rest, where=key)
         except SpecError as error:  # intact, so written by a version whose specs this one cannot read
             raise SpecError(f"the run's frozen spec {key} does not load with this version of esgd: {error}") from None
+    if not "".join(lines[header:]).strip():  # a spec is never written empty: torn
+        raise damaged(store, Damaged(key, "empty: torn (nothing but its header is left)"))
+    if _checksummed(store, run_id):  # the run's records have checksums: so had its spec
+        raise damaged(store, Damaged(key, "its checksum line is missing: torn or altered"))
     try:
         return load_spec(text, where=key)
     except SpecError as error:  # no checksum (an older run): damaged, or of another version
         raise damaged(store, Damaged(key, f"it does not load as a spec: {error}")) from None
+
+
+def _checksummed(store: Store, run_id: str) -> bool:
+    """Whether the run was made by a version that checksums what it stores: its first initial
+    individual's record carries a checksum (a run not yet initialised cannot tell: False)."""
+    try:
+        record = json.loads(store.get(keys.init_record(run_id, keys.initial_id(0))))
+    except (NotFound, ValueError):
+        return False
+    return isinstance(record, dict) and CHECKSUM_FIELD in record

@@ -277,3 +277,20 @@ def test_every_example_keeps_its_run_id_and_stays_inside_the_limits():
         spec = read_spec(str(path))
         assert load_spec(dump_spec(spec)) == spec
         assert default_run_id(spec).startswith(spec.name + "-")
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        'population.init={checkpoint: "s3://AKIAXX:TopSecretPw@bucket/c.arrow"}',
+        "task_args.data=s3://AKIAXX:Top/SecretPw@bucket/data",
+    ],
+)
+def test_credentials_in_a_spec_uri_are_refused_without_echoing_them(override):
+    """A URI with credentials anywhere in the spec (a checkpoint, task_args): one line naming the
+    field, the secret never in it (the spec is stored, printed and compiled into Workflows)."""
+    with pytest.raises(SpecError) as error:
+        load_spec("name: x\n", [override])
+    message = str(error.value)
+    assert "credentials in a URI are not supported" in message and "\n" not in message
+    assert "TopSecret" not in message and "AKIAXX" not in message

@@ -328,3 +328,34 @@ def run_generations(run, count: int) -> None:
     for phase in phases(run.spec, run.spec.mu, run.spec.population.offspring)[:count]:
         for step in phase.steps():
             steps.run(run, step)
+
+
+def test_a_frozen_spec_torn_to_its_header_or_stripped_of_its_checksum_is_damaged(tmp_path):
+    """A frozen spec cut to its header comments (or to nothing) would load as the default spec,
+    and one without its checksum line as an older run's: both are damaged once the run has
+    checksummed records, and an empty one always."""
+    from esgd.core.plan import Step
+    from esgd.store.run import CHECKSUM, RunRef
+
+    from helpers import start
+
+    run = start(str(tmp_path / "store"), small(name="cut"), "cut")
+    store, key = run.ref.store, keys.spec("cut")
+    good = store.get(key).decode()
+    store.put(key, b"")
+    with pytest.raises(IntegrityError, match="empty: torn"):
+        RunRef.open(run.ref.uri)
+    steps.run(run, Step("init"))
+    header = "".join(line for line in good.splitlines(keepends=True) if line.startswith("#"))
+    store.put(key, header.replace(CHECKSUM, "# ").encode())
+    with pytest.raises(IntegrityError, match="empty: torn"):
+        RunRef.open(run.ref.uri)
+    store.put(key, header.encode())  # its checksum line is in the header: the empty rest mismatches
+    with pytest.raises(IntegrityError, match="is damaged \\(checksum mismatch"):
+        RunRef.open(run.ref.uri)
+    stripped = "".join(line for line in good.splitlines(keepends=True) if not line.startswith(CHECKSUM))
+    store.put(key, stripped.replace("mu: 4", "mu: 5").encode())
+    with pytest.raises(IntegrityError, match="its checksum line is missing"):
+        RunRef.open(run.ref.uri)
+    store.put(key, good.encode())
+    assert RunRef.open(run.ref.uri).spec.mu == 4

@@ -234,3 +234,16 @@ def test_verify_loads_neither_torch_nor_the_task():
     code = "import sys, esgd.cli.verify, esgd.analysis.verify; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_report_merges_a_missing_or_torn_history_again(run, capsys):
+    """A finished run whose history.parquet is gone or torn: `esgd report` merges it again from
+    the history parts (saying so) instead of calling the run unstarted or stopping."""
+    store, run_id = open_run(run)
+    key = keys.history(run_id)
+    whole = store.get(key)
+    for damage in (lambda: store.delete(key), lambda: store.put(key, whole[:60])):
+        damage()
+        code, _, err = run_cli(capsys, "report", run, "--json")
+        assert code == 0 and "no committed generation" not in err, err
+        assert read_table(store.get(key), HistoryRow, key) == read_table(whole, HistoryRow, key)
