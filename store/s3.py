@@ -33,6 +33,7 @@ from botocore.config import Config
 
 from esgd.core.records import BlobRef
 from esgd.store.base import NotFound, Store, StoreError, StoreUnavailable, redacted
+from esgd.store.uri import check_store_uri
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -176,14 +177,10 @@ class S3Store(Store):
 
     @classmethod
     def from_uri(cls, uri: str) -> "S3Store":
+        check_store_uri(uri)  # credentials refused without echoing them; a bucket
         parsed = urlparse(uri)
         if parsed.scheme != "s3":
-            raise StoreError(f"not an S3 URI: {uri!r}")
-        if "@" in parsed.netloc:  # never echo it: it may hold a secret
-            raise StoreError(
-                "credentials in an s3:// URI are not supported: use AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the shared credentials file"
-            )
+            raise StoreError(f"not an S3 URI: {redacted(uri)!r}")
         return cls(parsed.netloc, parsed.path)
 
     def __repr__(self) -> str:
