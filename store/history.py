@@ -102,19 +102,25 @@ def born(store: Store, run_id: str, spec: RunSpec, generation: int, rnd: int, re
         child = keys.member_id(generation, rnd, index)
         made = record(keys.offspring_record(run_id, generation, rnd, child), OffspringRecord)
         fit = record(keys.fitness_record(run_id, generation, rnd, child), FitnessRecord)
-        out.append(
-            (
-                Member(child, made.checkpoint, fit.fitness, "offspring", generation, made.parents, False, None),
-                made.sigma,
-            )
-        )
+        out.append(offspring_entry(generation, child, made, fit))
     if rnd == 0 and spec.reference.checkpoint:
-        ref = record(keys.reference(run_id), InitRecord)
-        member = Member(
-            keys.reference_id(generation, rnd), ref.checkpoint, ref.fitness, "reference", generation, (), False, None
-        )
-        out.append((member, None))
+        out.append(reference_entry(generation, rnd, record(keys.reference(run_id), InitRecord)))
     return out
+
+
+def offspring_entry(
+    generation: int, child: str, made: OffspringRecord, fit: FitnessRecord
+) -> tuple[Member, float | None]:
+    """An offspring as the select step sees it, from its records: (Member, the σ it was made with)."""
+    return Member(child, made.checkpoint, fit.fitness, "offspring", generation, made.parents, False, None), made.sigma
+
+
+def reference_entry(generation: int, rnd: int, ref: InitRecord) -> tuple[Member, None]:
+    """The reference model as an entrant of round `rnd` (σ None: it is inserted unchanged)."""
+    member = Member(
+        keys.reference_id(generation, rnd), ref.checkpoint, ref.fitness, "reference", generation, (), False, None
+    )
+    return member, None
 
 
 def committed(store: Store, run_id: str, spec: RunSpec, generation: int) -> bool:

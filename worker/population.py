@@ -12,6 +12,7 @@ from esgd.core.rng import int_seed
 from esgd.core.selection import rank
 from esgd.store import checkpoint
 from esgd.store.base import NotFound, StoreError, attempt_id
+from esgd.store.history import offspring_entry, reference_entry
 from esgd.store.tables import read_rows
 from esgd.store.uri import read_uri
 from esgd.worker.run import Run
@@ -114,26 +115,10 @@ def offspring(run: Run, generation: int, rnd: int) -> list[tuple[Member, float |
             fit = run.store.read(keys.fitness_record(run.id, generation, rnd, child), FitnessRecord)
         except NotFound:
             raise StoreError(f"offspring {child} is not evaluated yet: run evolve and evaluate first") from None
-        return Member(
-            child, made.checkpoint, fit.fitness, "offspring", generation, made.parents, False, None
-        ), made.sigma
+        return offspring_entry(generation, child, made, fit)
 
     out = run.transfers.each(born, range(run.spec.population.offspring))
     ref = reference(run) if rnd == 0 else None  # once per generation, in its first round
     if ref is not None:
-        out.append(
-            (
-                Member(
-                    keys.reference_id(generation, rnd),
-                    ref.checkpoint,
-                    ref.fitness,
-                    "reference",
-                    generation,
-                    (),
-                    False,
-                    None,
-                ),
-                None,
-            )
-        )
+        out.append(reference_entry(generation, rnd, ref))
     return out
