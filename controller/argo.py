@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from esgd.controller.driver import PhaseFailed, RunStopped
+from esgd.controller.driver import PhaseFailed, RunStopped, patiently
 from esgd.core.errors import TRANSIENT_EXIT, InputError, TransientError
 from esgd.core.plan import Phase
 from esgd.core.spec import RunSpec
@@ -93,22 +93,22 @@ class KubernetesWorkflows:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        waited, attempt = 0.0, 0
-        while True:
+        def once():
             try:
                 return fn(GROUP, VERSION, *args, _request_timeout=self.timeout, **kwargs)
             except ApiException as error:
                 if error.status not in (429, 500, 502, 503, 504):
                     raise
-                trouble = f"the Kubernetes API answered {error.status} {error.reason}"
+                raise ClusterUnavailable(f"the Kubernetes API answered {error.status} {error.reason}") from None
             except HTTPError as error:  # refused, reset, timed out
-                trouble = f"the Kubernetes API cannot be reached ({type(error).__name__}: {error})"
-            if waited >= self.retry_seconds:
-                raise ClusterUnavailable(f"{trouble}, for {waited:.0f} s") from None
-            delay = min(2**attempt, 30, self.retry_seconds - waited)
-            self.log(f"{trouble}; trying again in {delay:g} s ({waited:.0f} of {self.retry_seconds:g} s)")
-            self.sleep(delay)
-            waited, attempt = waited + delay, attempt + 1
+                raise ClusterUnavailable(
+                    f"the Kubernetes API cannot be reached ({type(error).__name__}: {error})"
+                ) from None
+
+        def give_up(error: ClusterUnavailable, waited: float) -> ClusterUnavailable:
+            return ClusterUnavailable(f"{error}, for {waited:.0f} s")
+
+        return patiently(once, self.retry_seconds, self.sleep, self.log, give_up=give_up)
 
     def create(self, namespace: str, body: dict, dry_run: bool = False) -> dict:
         from kubernetes.client.exceptions import ApiException

@@ -25,6 +25,30 @@ from esgd.store.run import RunRef
 T = TypeVar("T")
 
 
+def patiently(
+    call: Callable[[], T],
+    patience: float,
+    sleep: Callable[[float], None],
+    log: Callable[[str], None],
+    what: str = "",
+    give_up: Callable[[TransientError, float], Exception] | None = None,
+) -> T:
+    """call(), tried again on transient trouble (TransientError) with back-off 1, 2, 4, ... 30 s,
+    one line per wait (`what` starts it), for up to `patience` seconds; then the last error is
+    raised, or give_up(error, seconds waited)."""
+    waited, attempt = 0.0, 0
+    while True:
+        try:
+            return call()
+        except TransientError as error:
+            if waited >= patience:
+                raise (give_up(error, waited) if give_up else error) from None
+            delay = min(2**attempt, 30, patience - waited)
+            log(f"{what}{error}; trying again in {delay:g} s ({waited:.0f} of {patience:g} s)")
+            sleep(delay)
+            waited, attempt = waited + delay, attempt + 1
+
+
 class PhaseFailed(Exception):
     """One attempt of a phase failed (an engine's word, e.g. a Workflow that failed); the driver
     decides whether to try again. `transient`: its steps failed on transient trouble (exit 75)."""
@@ -103,20 +127,9 @@ class Driver:
         return self.patiently(lambda: self.run.store.exists(phase.marker(self.run.id)), f"reading {phase.name}")
 
     def patiently(self, read: Callable[[], T], what: str) -> T:
-        """read(), tried again while the store cannot be reached (TransientError), with back-off
-        1, 2, 4, ... 30 s, for up to `patience` seconds: an outage between two phases is ridden out
-        as one within a phase is."""
-        waited, attempt = 0.0, 0
-        while True:
-            try:
-                return read()
-            except TransientError as error:
-                if waited >= self.patience:
-                    raise
-                delay = min(2**attempt, 30, self.patience - waited)
-                self.log(f"{what}: {error}; trying again in {delay:g} s ({waited:.0f} of {self.patience:g} s)")
-                self.sleep(delay)
-                waited, attempt = waited + delay, attempt + 1
+        """read(), tried again while the store cannot be reached, for up to `patience` seconds: an
+        outage between two phases is ridden out as one within a phase is."""
+        return patiently(read, self.patience, self.sleep, self.log, f"{what}: ")
 
     def drive(self) -> None:
         """Run every phase not yet committed; raises RunStopped when the run cannot go on."""
