@@ -10,7 +10,6 @@ Any other difference is refused with one line that suggests a free run id.
 """
 
 import hashlib
-import json
 import os
 import posixpath
 import re
@@ -20,9 +19,11 @@ from importlib.metadata import version
 from esgd.controller.driver import committed_generations
 from esgd.core import keys
 from esgd.core.errors import InputError
+from esgd.core.records import ExtensionRecord, encode
 from esgd.core.spec import RunSpec, SpecError, dump_spec
 from esgd.store.base import Store
 from esgd.store.history import merge as merge_history
+from esgd.store.lock import held
 from esgd.store.run import RunRef, frozen_spec, with_checksum
 
 EXTENSIBLE = ("generations",)
@@ -114,6 +115,15 @@ def frozen_text(spec: RunSpec, header: list[str] | None = None) -> str:
     return with_checksum(lines, dump_spec(spec))  # esgd.store.run checks it on every read
 
 
+def locate(store: Store, spec: RunSpec, run_id: str | None) -> tuple[str, RunSpec | None]:
+    """(run id, frozen spec or None for a new run) of the run `spec` creates or continues, read
+    only and quickly (no torch): an invalid id, a store that cannot be written and another run's
+    id are said here, before anything is loaded or written."""
+    run_id = default_run_id(spec) if run_id is None else keys.check_run_id(run_id)
+    store.check_writable()
+    return run_id, resumable(store, spec, run_id)
+
+
 def create_or_resume(
     store: Store,
     spec: RunSpec,
@@ -124,9 +134,7 @@ def create_or_resume(
     `preflight` checks what can be checked of the spec before anything is written
     (esgd.worker.preflight: the task loads and runs). Raises InputError/StoreError before writing
     anything on bad input: an invalid run id, an existing run with another spec."""
-    run_id = default_run_id(spec) if run_id is None else keys.check_run_id(run_id)
-    store.check_writable()
-    frozen = resumable(store, spec, run_id)  # a conflict is said before the preflight's minutes
+    run_id, frozen = locate(store, spec, run_id)  # a conflict is said before the preflight's minutes
     if preflight is not None:
         preflight(spec)
     if frozen is None:
@@ -134,7 +142,12 @@ def create_or_resume(
             return create_or_resume(store, spec, run_id)  # created meanwhile: resume it, or refuse
         return RunRef(store, run_id, spec), False
     if frozen.generations < spec.generations:
-        extend(store, run_id, frozen, spec)
+        # One extension at a time: another process may be extending (or have extended, and be running
+        # the new generations): the frozen spec is read again under the lock.
+        with held(store, keys.extension_lock(run_id), f"extending run {run_id}"):
+            frozen = resumable(store, spec, run_id)
+            if frozen.generations < spec.generations:
+                extend(store, run_id, frozen, spec)
     return RunRef(store, run_id, spec), True
 
 
@@ -146,7 +159,8 @@ def _removal_order(key: str) -> tuple[int, str]:
 
 def extend(store: Store, run_id: str, frozen: RunSpec, spec: RunSpec) -> int:
     """Raise run `run_id` from frozen.generations to spec.generations (only `generations` differs);
-    returns the committed generations it continues from. Run by nothing else at the time.
+    returns the committed generations it continues from. Run by nothing else at the time (the
+    caller holds keys.extension_lock).
 
     Removed, markers and records before the objects they name: the final stages (final/..., and
     their history part, numbered as generation K), every step of the first uncommitted generation
@@ -174,8 +188,8 @@ def extend(store: Store, run_id: str, frozen: RunSpec, spec: RunSpec) -> int:
     else:
         store.delete(keys.history(run_id))
     note = f"# extended from {frozen.generations} to {spec.generations} generations by esgd {version('esgd')}"
-    record = {"schema": "extension/1", "from": frozen.generations, "to": spec.generations, "committed": done}
-    store.put(keys.extension(run_id, spec.generations), json.dumps(record, sort_keys=True).encode())
+    record = ExtensionRecord(before=frozen.generations, after=spec.generations, committed=done)
+    store.put(keys.extension(run_id, spec.generations), encode(record))  # a crashed earlier try's is replaced
     old = store.get(keys.spec(run_id)).decode().splitlines()
     header = [line for line in old if line.startswith(("# frozen by ", "# extended "))]
     store.put(keys.spec(run_id), frozen_text(spec, [*header, note]).encode())

@@ -13,6 +13,7 @@ runs/<run>/history/gen-<k>.parquet                     history rows of generatio
 runs/<run>/history.parquet                             all history rows (merged from the parts)
 runs/<run>/final/...                                   fine-tuning records and final manifest
 runs/<run>/extended/k<K>.json                          extension of the run to K generations (optional)
+runs/<run>/extended/lock.json                          held while an extension is under way (store/lock.py)
 """
 
 import re
@@ -131,6 +132,11 @@ def member_id(generation: int, rnd: int, index: int) -> str:
     return f"g{generation:04d}-r{rnd}-o{index:03d}"
 
 
+def copy_id(generation: int, slot: int) -> str:
+    """Id of the PBT copy that takes population slot `slot` at the end of `generation` (esgd.core.pbt)."""
+    return f"g{generation:04d}-c{slot:03d}"
+
+
 def initial_id(index: int) -> str:
     return f"init-{index:03d}"
 
@@ -141,6 +147,11 @@ def reference_id(generation: int, rnd: int) -> str:
 
 def final_summary(run_id: str) -> str:
     return f"{run(run_id)}/final/summary.json"
+
+
+def extension_lock(run_id: str) -> str:
+    """Held while the run is being extended (esgd.store.lock): one extension at a time."""
+    return f"{run(run_id)}/extended/lock.json"
 
 
 def extension(run_id: str, generations: int) -> str:

@@ -127,6 +127,17 @@ class FinalSummary:
     metric: float | None
 
 
+@dataclass(frozen=True)
+class ExtensionRecord:
+    """A run raised from `before` to `after` generations, continuing from `committed` (esgd.controller.runs.extend)."""
+
+    SCHEMA: ClassVar[str] = "extension/2"
+    __pydantic_config__ = STRICT
+    before: int
+    after: int
+    committed: int
+
+
 @cache
 def _adapter(cls) -> TypeAdapter:
     return TypeAdapter(cls)

@@ -47,6 +47,9 @@ def _run(capsys, *args):
 def _assert_one_line_and_nothing_written(code, out, err, needle, store_uri):
     assert code == 2
     lines = err.strip().splitlines()
+    if len(lines) == 2:  # found after the run's first line: only that line before the error
+        assert lines[0].startswith("run ") and ": loading torch and the task " in lines[0], err
+        lines = lines[1:]
     assert len(lines) == 1 and lines[0].startswith("esgd: error: "), err
     assert needle in lines[0], lines[0]
     assert out == ""

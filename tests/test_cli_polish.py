@@ -251,8 +251,10 @@ def population_run(tmp_path_factory):
 
 def test_run_says_what_is_under_way_and_counts_as_the_report(population_run, capsys):
     uri, err, base = population_run
-    lines = err.splitlines()  # not a terminal: no status line (see the next test)
-    assert lines[0].startswith("starting ") and lines[1].startswith("initialising 3 individual(s), then generation 0")
+    lines = err.splitlines()
+    assert lines[0] == f"run {uri}: loading torch and the task esgd.worker.tasks.digits:task …"
+    assert lines[1].startswith(f"starting {uri} ")
+    assert lines[2].startswith("initialising 3 individual(s), then generation 0")
     gens = [line.split()[1] for line in lines if line.startswith("gen ")]
     assert gens == ["0", "1"] and all(" of 0..1 " in line for line in lines if line.startswith("gen "))
     code, out, err = run_cli(capsys, "report", uri, "--json")
@@ -260,21 +262,43 @@ def test_run_says_what_is_under_way_and_counts_as_the_report(population_run, cap
     assert {json.loads(x)["phase"] for x in out.splitlines()} == {"sgd"} and "in progress" not in err
 
 
-class Terminal(io.StringIO):
-    def isatty(self):
-        return True
+SLOW_TASK = """
+import os, time
+deadline = time.monotonic() + 120
+while not os.path.exists(os.environ["GO"]) and time.monotonic() < deadline:
+    time.sleep(0.05)  # the task's module is still importing: the run's first line must be out by now
+from esgd.worker.tasks.digits import task
+"""
 
 
-def test_a_terminal_sees_what_is_loading_and_bad_input_keeps_its_one_line(tmp_path, monkeypatch):
-    """Loading torch and the task takes seconds: a terminal sees a status line at once, erased
-    when the loading ends, so that a refusal is still the one line left on the screen."""
+def test_the_runs_uri_is_the_first_line_before_torch_and_the_task_load(tmp_path):
+    """A user sees life at once and can follow the run from another terminal (`esgd report URI`):
+    the run's URI is said before torch and the task are loaded (here a task whose import waits)."""
+    (tmp_path / "slow_task.py").write_text(SLOW_TASK)
+    spec = write_spec(tmp_path / "spec.yaml", dict(POPULATION, task="slow_task:task", generations=1))
+    env = dict(os.environ, GO=str(tmp_path / "go"), PYTHONPATH=str(tmp_path))
+    command = [sys.executable, "-c", "from esgd.cli.main import entry; entry()", "run", spec]
+    with subprocess.Popen(
+        [*command, "--store", str(tmp_path / "store"), "--run-id", "slow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as process:
+        first = process.stderr.readline()  # while the task's import waits for "go"
+        (tmp_path / "go").touch()
+        out, err = process.communicate(timeout=300)
+    uri = f"{(tmp_path / 'store').as_uri()}/runs/slow"
+    assert first == f"run {uri}: loading torch and the task slow_task:task …\n", first + err
+    assert process.returncode == 0 and out.strip() == uri, err
+
+
+def test_bad_input_found_before_loading_is_the_only_line(tmp_path, capsys):
+    """A bad spec, run id or store is said before the run's first line: one line in all."""
     spec = write_spec(tmp_path / "spec.yaml", POPULATION)
-    monkeypatch.setattr(sys, "stderr", Terminal())
-    code = main(["run", spec, "--store", str(tmp_path / "store"), "--device", "cuda:7"])
-    shown = sys.stderr.getvalue()
-    assert code == 2 and shown.startswith("loading torch and the task esgd.worker.tasks.digits:task …\r\x1b[K")
-    assert shown.split("\x1b[K")[1].startswith("esgd: error: device: cuda:7") and shown.count("\n") == 1
-    assert not (tmp_path / "store").exists()
+    code, _, err = run_cli(capsys, "run", spec, "--store", str(tmp_path / "store"), "--run-id", "a/b")
+    assert code == 2 and one_error_line(err).startswith("esgd: error: --run-id 'a/b'")
+    assert not (tmp_path / "store" / "runs").exists()
 
 
 def test_printed_run_uris_are_plain(population_run, tmp_path):

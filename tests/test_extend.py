@@ -4,7 +4,13 @@ as they were, bit for bit; the final stages run again after the new generations;
 deterministic, whenever the run stopped and whatever crashed during the extension itself."""
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +22,12 @@ from esgd.controller.runs import create_or_resume
 from esgd.core import hparams, keys
 from esgd.core.errors import InputError
 from esgd.core.plan import Step
-from esgd.core.records import FinalSummary
+from esgd.core.records import ExtensionRecord, FinalSummary
 from esgd.core.schedules import value_at
 from esgd.core.spec import SpecError, parse_spec
+from esgd.store.base import StoreError
 from esgd.store.local import LocalStore
+from esgd.store.lock import held
 from esgd.store.run import RunRef, frozen_spec
 from esgd.store.uri import open_store
 from esgd.worker import steps
@@ -97,8 +105,8 @@ def test_extending_a_finished_run_twice_from_copies_gives_one_history_that_keeps
         assert store.read(keys.final_summary(RUN), FinalSummary).best_member in {r["member"] for r in a}
         text = store.get(keys.spec(RUN)).decode()
         assert text.startswith("# frozen by esgd ") and f"# extended from {BEFORE} to {AFTER} generations" in text
-        record = json.loads(store.get(keys.extension(RUN, AFTER)))
-        assert record == {"schema": "extension/1", "from": BEFORE, "to": AFTER, "committed": BEFORE}
+        record = store.read(keys.extension(RUN, AFTER), ExtensionRecord)  # its checksum checked
+        assert record == ExtensionRecord(before=BEFORE, after=AFTER, committed=BEFORE)
 
 
 def test_the_new_generations_follow_the_schedules_over_the_new_number_of_generations(runs):
@@ -237,3 +245,86 @@ def test_on_argo_the_old_final_workflow_is_not_taken_for_the_extended_runs(tmp_p
     assert names == [f"{RUN}-g0000-a0", f"{RUN}-final-a0", f"{RUN}-g0001-a0", f"{RUN}-final-k0002-a0"]
     rows = history(f"{store.uri}/runs/{RUN}")
     assert {r["generation"] for r in rows if r["role"] == "finetune"} == {2} and store.exists(keys.final_manifest(RUN))
+
+
+# One extension at a time (store/lock.py) ------------------------------------------------------------
+
+
+class Pausing(LocalStore):
+    """A local store whose first removal waits until the test lets it go on."""
+
+    def __init__(self, root, reached: threading.Event, go: threading.Event):
+        super().__init__(root)
+        self.reached, self.go = reached, go
+
+    def delete(self, key: str) -> None:
+        if not self.reached.is_set():
+            self.reached.set()
+            assert self.go.wait(60)
+        super().delete(key)
+
+
+class Counting(LocalStore):
+    def __init__(self, root):
+        super().__init__(root)
+        self.removed: list[str] = []
+
+    def delete(self, key: str) -> None:
+        self.removed.append(key)
+        super().delete(key)
+
+
+def test_a_second_extension_waits_for_the_first_and_removes_nothing(runs, tmp_path):
+    """Two `esgd run` of the raised spec at once: the second waits for the first (which here stops
+    midway until let go), then finds the run extended and only resumes it; the run ends as one
+    extension makes it."""
+    shutil.copytree(runs / "original", tmp_path / "s")
+    spec = parse_spec(extended(DATA, AFTER))
+    reached, go = threading.Event(), threading.Event()
+    first = threading.Thread(target=create_or_resume, args=(Pausing(tmp_path / "s", reached, go), spec, RUN))
+    first.start()
+    assert reached.wait(60)  # the first holds the lock and is removing the final stages
+    second_store = Counting(tmp_path / "s")
+    second = threading.Thread(target=create_or_resume, args=(second_store, spec, RUN))
+    second.start()
+    second.join(1.0)
+    assert second.is_alive()  # waiting for the lock
+    go.set()
+    first.join(60)
+    second.join(60)
+    assert not first.is_alive() and not second.is_alive()
+    assert second_store.removed == [keys.extension_lock(RUN)]  # its own lock, nothing of the run
+    execute(open_store(str(tmp_path / "s")), extended(DATA, AFTER))
+    assert history(uri(tmp_path / "s")) == history(uri(runs / "a"))
+
+
+def test_a_dead_holders_lock_is_taken_over(runs, tmp_path):
+    """A lock left by a process that was killed (here: one that has exited) does not stop the run."""
+    shutil.copytree(runs / "original", tmp_path / "s")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder = {"host": socket.gethostname(), "pid": int(gone.stdout), "token": "x", "since": time.time()}
+    (tmp_path / "s" / keys.extension_lock(RUN)).parent.mkdir(parents=True)
+    (tmp_path / "s" / keys.extension_lock(RUN)).write_text(json.dumps(holder))
+    execute(open_store(str(tmp_path / "s")), extended(DATA, AFTER))
+    assert history(uri(tmp_path / "s")) == history(uri(runs / "a"))
+    assert not (tmp_path / "s" / keys.extension_lock(RUN)).exists()
+
+
+def test_a_lock_held_elsewhere_is_waited_for_until_it_is_stale(tmp_path):
+    store = LocalStore(tmp_path)
+    store.put("lock.json", json.dumps({"host": "elsewhere", "pid": 1, "since": time.time()}).encode())
+    began = time.monotonic()
+    with held(store, "lock.json", "a test", stale=0.5, poll=0.05):
+        assert json.loads(store.get("lock.json"))["host"] == socket.gethostname()
+        waited = time.monotonic() - began
+    assert waited >= 0.4 and not store.exists("lock.json")
+
+
+def test_a_live_holder_on_this_host_that_never_lets_go_is_one_line(tmp_path):
+    store = LocalStore(tmp_path)
+    holder = {"host": socket.gethostname(), "pid": os.getppid(), "token": "x", "since": time.time()}
+    store.put("lock.json", json.dumps(holder).encode())
+    with pytest.raises(StoreError, match=r"a test has waited 0 s for .*lock.json \(held by .* pid \d+\); if no esgd"):
+        with held(store, "lock.json", "a test", stale=0.2, poll=0.05):
+            pass
+    assert json.loads(store.get("lock.json")) == holder  # a live holder's lock is left alone

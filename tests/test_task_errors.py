@@ -17,11 +17,12 @@ import torch.nn.functional as F
 
 from esgd.cli.worker import main as worker
 from esgd.controller.runs import create_or_resume
+from esgd.core.plan import parse_range
 from esgd.core.spec import parse_spec
 from esgd.store.base import StoreUnavailable
 from esgd.store.uri import open_store, run_uri
 from esgd.worker import preflight
-from esgd.worker.task import Task, TaskError, load_task
+from esgd.worker.task import Task, TaskError, blamed_on, load_task
 from esgd.worker.tasks.common import error_rate
 from esgd.worker.tasks.mlp import mlp
 
@@ -65,6 +66,28 @@ def _bad_metric(out, y):
     raise KeyError("accuracy")
 
 
+def _loss_of_small_batches(out, y):
+    if torch.is_grad_enabled() and len(y) > 8:  # passes the preflight's mini-step (4 examples), fails in training
+        raise ValueError("this loss was only written for batches of up to 8")
+    return F.cross_entropy(out, y)
+
+
+def _loss_with_item(out, y):
+    scale = 1.0 + 0.0 * out.sum().item()  # a Python number mid-loss: fails under vmap (packed training)
+    return F.cross_entropy(out, y) * scale
+
+
+class RaisesOnManyExamples(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        if len(x) > 8:
+            raise IndexError("this model was only tried on a few examples")
+        return self.w(x)
+
+
 def broken(kind: str = "none", examples: int = EXAMPLES) -> Task:
     """A task of this test file, broken in the way `kind` names (none: a working task)."""
     x, y = _data(examples)
@@ -92,6 +115,12 @@ def broken(kind: str = "none", examples: int = EXAMPLES) -> Task:
         model = NoParameters
     elif kind == "forward-raises-in-training":
         model = RaisesInForward
+    elif kind == "forward-raises-later":
+        model = RaisesOnManyExamples
+    elif kind == "loss-raises-later":
+        loss = _loss_of_small_batches
+    elif kind == "loss-item":
+        loss = _loss_with_item
     elif kind == "loss-wrong-arity":
         loss = lambda out: out.mean()  # noqa: E731 - a loss of one argument
     elif kind == "loss-not-scalar":
@@ -283,6 +312,66 @@ def test_the_preflight_runs_the_tasks_code_before_anything_is_written(tmp_path, 
     store = str(tmp_path / "store")
     result = run_cli(capsys, "run", _spec(tmp_path, kind), "--store", store)
     _one_line_exit_2(result, store, "task test_task_errors:broken", MINI_STEP[kind])
+
+
+# After the preflight: the task's code failing in a step -----------------------------------------------
+
+LATER = {
+    "loss-raises-later": (
+        "its code (test_task_errors.py:{} in _loss_of_small_batches), during the train step of generation 0, "
+        "raised ValueError: this loss was only written for batches of up to 8"
+    ),
+    "forward-raises-later": "in forward), during the init step, raised IndexError: this model was only tried",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LATER))
+def test_the_tasks_code_failing_after_the_preflight_is_one_line_and_exit_2(tmp_path, capsys, kind):
+    """The run exists by then (the preflight passed); the error is still one line naming the task's
+    file, line and function, exit 2, not a traceback (it would fail the same way if retried)."""
+    store = str(tmp_path / "store")
+    code, out, err = run_cli(capsys, "run", _spec(tmp_path, kind), "--store", store)
+    errors = [line for line in err.splitlines() if line.startswith("esgd: error: ")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    line = _loss_of_small_batches.__code__.co_firstlineno + 2  # its raise
+    assert errors[0].startswith("esgd: error: task test_task_errors:broken: its code (test_task_errors.py:"), errors[0]
+    assert LATER[kind].format(line) in errors[0], errors[0]
+
+
+def test_a_loss_that_fails_under_packed_training_is_one_line(tmp_path, capsys):
+    """`.item()` in a loss works for one model (the preflight) and fails under vmap, which packed
+    training uses: the step says so in one line, naming the loss."""
+    store = str(tmp_path / "store")
+    data = dict(tiny(task="test_task_errors:broken", generations=1), task_args={"kind": "loss-item"})
+    data["pack"] = {"size": 4}
+    data["sgd"] = {"epochs": 1, "batch_size": [64]}
+    code, _, err = run_cli(capsys, "run", write_spec(tmp_path / "spec.yaml", data), "--store", store)
+    errors = [line for line in err.splitlines() if line.startswith("esgd: error: ")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "in _loss_with_item), during the train step of generation 0, raised RuntimeError" in errors[0], errors[0]
+
+
+def _raise(error: BaseException):
+    raise error
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory"), TaskError("one line")])
+def test_out_of_memory_and_one_line_errors_pass_through_the_tasks_code(error):
+    """Raised in the task's own code (this module), yet not the task's fault, or already one line."""
+    task = broken()
+    with pytest.raises(type(error)) as caught:
+        with blamed_on("test_task_errors:broken", lambda: task, "a test"):
+            _raise(error)
+    assert caught.value is error
+
+
+def test_a_failure_of_esgds_own_code_keeps_its_traceback():
+    """Not raised in the task's code (a bundled task's, here): a bug to report, not bad input."""
+    task = load_task("esgd.worker.tasks.digits:task", {"hidden": 8})
+    with pytest.raises(ValueError) as caught:
+        with blamed_on("esgd.worker.tasks.digits:task", lambda: task, "a test"):
+            parse_range("not a range")  # esgd.core.plan raises it
+    assert caught.type is ValueError and not isinstance(caught.value, TaskError)
 
 
 def test_the_preflight_leaves_the_random_state_alone():

@@ -19,6 +19,7 @@ from esgd.worker import evolve as ops
 from esgd.worker import history, population, preflight
 from esgd.worker.packed import pack_fitness, train_pack
 from esgd.worker.run import Run
+from esgd.worker.task import blamed_on
 from esgd.worker.train import fitness, metric
 from esgd.worker.train import train as train_member
 from esgd.worker.weights import to_checkpoint
@@ -31,15 +32,17 @@ def run(run: Run, step: Step) -> None:
     if step.generation is not None and not 0 <= step.generation < run.spec.generations:
         raise InputError(f"--gen {step.generation} is outside 0..{run.spec.generations - 1}")
     generation, rnd = step.generation, step.round or 0
-    {
-        "init": lambda: init(run),
-        "train": lambda: train(run, generation, step.members),
-        "evolve": lambda: evolve(run, generation, rnd),
-        "evaluate": lambda: evaluate(run, generation, rnd, step.offspring),
-        "select": lambda: select(run, generation, rnd),
-        "finetune": lambda: finetune(run, step.members),
-        "finish": lambda: finish(run),
-    }[step.command]()
+    where = f"the {step.command} step" + ("" if generation is None else f" of generation {generation}")
+    with blamed_on(run.spec.task, lambda: run.task, where):  # the task's own code failing: one line, exit 2
+        {
+            "init": lambda: init(run),
+            "train": lambda: train(run, generation, step.members),
+            "evolve": lambda: evolve(run, generation, rnd),
+            "evaluate": lambda: evaluate(run, generation, rnd, step.offspring),
+            "select": lambda: select(run, generation, rnd),
+            "finetune": lambda: finetune(run, step.members),
+            "finish": lambda: finish(run),
+        }[step.command]()
 
 
 # Generation 0 -----------------------------------------------------------------------------------

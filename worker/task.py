@@ -9,9 +9,10 @@ import importlib
 import inspect
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -141,3 +142,65 @@ def load_task(path: str, args: dict) -> Task:
     except TypeError as error:
         raise TaskError(f"task_args must be plain YAML values (numbers, strings, lists, mappings): {error}") from None
     return _load(path, key)
+
+
+LIBRARIES = ("torch", "numpy", "builtins", "functools", "operator", "math", "esgd")
+"""Modules that are never a task's own code, though a task may name their functions (F.cross_entropy
+as its loss); `esgd.worker.tasks` (the bundled tasks) is the exception."""
+
+
+def _own(module: str | None) -> str | None:
+    """The module prefix whose code counts as a task's own, for a module the task names."""
+    if not module or module == "__main__":
+        return module or None
+    if module.startswith("esgd.worker.tasks"):
+        return "esgd.worker.tasks"
+    root = module.partition(".")[0]
+    return None if root in LIBRARIES else root
+
+
+def own_modules(path: str, task: Task) -> frozenset[str]:
+    """The module prefixes of a task's own code: the package of its task function, and those of
+    the model factory, loss and metrics it returns (a partial's function; library functions aside)."""
+    names = {path.partition(":")[0]}
+    for function in (task.model, task.loss, task.metric, task.metric_of_fitness):
+        while isinstance(function, partial):
+            function = function.func
+        names.add(getattr(function, "__module__", None))
+    return frozenset(prefix for prefix in map(_own, names) if prefix)
+
+
+def _frame_in(error: BaseException, modules: frozenset[str]):
+    """The innermost traceback frame of `error` that runs code of these modules, or None."""
+    found, tb = None, error.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_globals.get("__name__", "")
+        if any(name == m or name.startswith(m + ".") for m in modules):
+            found = tb
+        tb = tb.tb_next
+    return found
+
+
+NOT_THE_TASKS = (InputError, TransientError, StoreError, MemoryError, torch.cuda.OutOfMemoryError)
+"""Raised through a task's code, yet not its fault: already one line, transient, or out of memory
+(the step adapts or the pod is given more)."""
+
+
+@contextmanager
+def blamed_on(path: str, task: Callable[[], Task], where: str) -> Iterator[None]:
+    """Run a block that calls the task's code (its model, loss, metrics) at run time, after the
+    preflight: an exception raised inside that code (SystemExit included) becomes a TaskError, one
+    line naming the task, the file and line of its code and the exception (exit code 2, never
+    retried: the same code fails the same way). Exceptions raised elsewhere are ours and pass
+    through unchanged, with their traceback. `task()` gives the loaded task (asked only then)."""
+    try:
+        yield
+    except NOT_THE_TASKS:
+        raise
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - sorted by where it was raised
+        frame = _frame_in(error, own_modules(path, task()))
+        if frame is None:
+            raise
+        code = frame.tb_frame.f_code
+        place = f"{os.path.basename(code.co_filename)}:{frame.tb_lineno} in {code.co_name}"
+        raise TaskError(failure(path, f"its code ({place}), during {where},", error)) from None
