@@ -48,8 +48,14 @@ def _store(args, required: bool = True, pods: bool = False) -> str | None:
 def _phase(spec: RunSpec, settings: ClusterSettings, text: str) -> plan.Phase:
     if text == plan.FINAL:
         return plan.final(spec, settings.pack)
+    extended = plan.final(spec, settings.pack, extended=True)
+    if text == extended.tag:  # the final stages of a run extended to spec.generations
+        return extended
     if not text.isdigit():
-        raise SpecError(f"--generation: expected a generation number or 'final', got {text!r}")
+        raise SpecError(
+            f"--generation: expected a generation number, 'final' or {extended.tag!r} (a run extended to "
+            f"{spec.generations} generations), got {text!r}"
+        )
     return plan.generation(spec, int(text), settings.pack, settings.shard)
 
 
@@ -170,7 +176,11 @@ def add_parsers(sub) -> None:
         "`argo submit -p run=URI` supplies the run URI (--launcher needs one).",
     )
     comp.add_argument("spec", help="run spec (YAML)")
-    comp.add_argument("--generation", default="0", help="generation number, or 'final' (default 0)")
+    comp.add_argument(
+        "--generation",
+        default="0",
+        help="generation number, 'final', or 'final-kNNNN' for a run extended to NNNN generations (default 0)",
+    )
     comp.add_argument("--attempt", type=int, default=0, help="attempt number in the Workflow's name (default 0)")
     comp.add_argument("--launcher", action="store_true", help="write the launcher Workflow instead")
     comp.add_argument("-o", "--output", help="write to this file instead of stdout")

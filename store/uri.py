@@ -59,7 +59,7 @@ def open_run(uri: str) -> tuple[Store, str]:
     head, sep, run_id = uri.rstrip("/").rpartition(marker)
     if not sep or not run_id or "/" in run_id:
         raise StoreError(f"not a run URI: {redacted(uri)!r} (expected <store>/{keys.RUNS}/<run-id>)")
-    return open_store(head), run_id
+    return open_store(head), keys.check_run_id(run_id, f"run URI {redacted(uri)!r}: run id")
 
 
 def read_uri(path: str) -> bytes:

@@ -113,3 +113,10 @@ def test_make_demo_takes_a_run_id_and_tells_esgd_how_to_suggest_one():
     ).stdout
     assert "ESGD_RUN_ID_HINT='make demo RUN_ID={}'" in out and "--run-id demo-2 " in out
     assert "/runs/demo-2-esgd " in out
+
+
+@pytest.mark.parametrize("command", ["report", "lineage", "verify"])
+def test_a_run_uri_with_an_invalid_run_id_is_one_line(tmp_path, capsys, command):
+    code, _, err = run_cli(capsys, command, f"{tmp_path}/runs/a b")
+    assert code == 2 and err.startswith("esgd: error: run URI ") and "a run id is 1 to 128 ASCII" in err, err
+    assert len(err.strip().splitlines()) == 1

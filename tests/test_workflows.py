@@ -116,6 +116,7 @@ SPEC_VARIANTS = [
     ["mode=population"],
     ["mode=single"],
     ["mode=no-evolution", "finetune.epochs=2"],
+    ["mode=pbt", "pbt.quantile=0.5", "finetune.epochs=1"],  # PBT's exploit and explore live in the select step
     ["evolution.rounds=3", "population.mu=5", "population.offspring=7"],
 ]
 SETTINGS_VARIANTS = [
@@ -312,6 +313,11 @@ def test_compile_cli(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().out == (GOLDEN / "launcher.yaml").read_text()
     assert esgd_main(["compile", *common, "--generation", "final", "--attempt", "2"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["metadata"]["name"] == f"{RUN_ID}-final-a2"
+    # The final stages of a run extended to the spec's generations (3 in the golden spec) have a name of their own.
+    assert esgd_main(["compile", *common, "--generation", "final-k0003"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["metadata"]["name"] == f"{RUN_ID}-final-k0003-a0"
+    assert esgd_main(["compile", *common, "--generation", "final-k0009"]) == 2
+    assert "expected a generation number, 'final' or 'final-k0003'" in capsys.readouterr().err
     assert esgd_main(["compile", *common, "--generation", "3"]) == 2
     assert "outside 0..2" in capsys.readouterr().err
     assert esgd_main(["compile", *common, "--generation", "last"]) == 2
