@@ -18,6 +18,11 @@ def _spec(path: str, overrides: list[str] | None) -> tuple[RunSpec, str]:
     """The spec and the text to ship: the file as written, or the resolved spec when --set is used."""
     text = read_spec_text(path)
     spec = load_spec(text, overrides or [])
+    if spec.task.partition(":")[0] == "__main__":  # esgd.run(..., task=function) of a script or notebook
+        raise SpecError(
+            f"task {spec.task} is defined in a script or notebook (__main__): a pod cannot import it; "
+            "move the function into a module that the image installs and name it as package.module:function"
+        )
     return spec, (dump_spec(spec) if overrides else text)
 
 

@@ -9,26 +9,14 @@ from pathlib import Path
 from esgd.cli import cluster, experiments, export, verify
 from esgd.cli.options import DEVICE, RUN_ID, SET, STORE, THREADS, exit_after, log, run_main
 from esgd.core.spec import dump_spec, json_schema, load_spec, read_spec
-from esgd.store.uri import open_run, open_store, run_uri
+from esgd.store.uri import open_run
 
 
 def _run(args) -> int:
-    from esgd.controller.runs import locate
+    import esgd
 
     spec = read_spec(args.spec, args.set)  # a bad spec is one line before torch is even imported
-    store = open_store(args.store)
-    run_id, frozen = locate(store, spec, args.run_id)  # a bad id or another run's id, too
-    # The run's URI first and at once, so that `esgd report URI` can follow it from another terminal.
-    log(f"run {run_uri(store, run_id)}: loading torch and the task {spec.task} …")
-    from esgd.controller.local import execute
-    from esgd.controller.runs import create_or_resume
-    from esgd.worker.preflight import preflight
-    from esgd.worker.threads import configure_threads
-
-    configure_threads(args.threads)  # before the preflight's first torch work: the steps run in this process
-    run, resumed = create_or_resume(store, spec, run_id, lambda s: preflight(s, args.device))
-    log(f"{'resuming' if resumed else 'starting'} {run.uri} (mode {spec.mode}, µ={spec.mu}, K={spec.generations})")
-    execute(run, args.device, progress=log)
+    run = esgd.run(spec, args.store, args.run_id, args.device, args.threads, progress=log)
     print(run.uri)
     return 0
 

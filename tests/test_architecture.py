@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("core", "store", "worker", "workflows", "controller", "analysis", "cli")
+PACKAGES = ("core", "store", "worker", "workflows", "controller", "analysis", "api", "cli")
+"""The layers, bottom to top; `api` is the folder of the package `esgd` itself (the Python API)."""
 HEAVY = ("torch", "boto3", "botocore", "hera", "kubernetes")
 
 # What each layer may import of esgd, and which third-party frameworks it may not import.
@@ -20,6 +21,7 @@ MAY_IMPORT = {
     "workflows": {"core", "workflows"},
     "controller": {"core", "store", "workflows", "controller", "worker"},  # worker: the local engines only (below)
     "analysis": {"core", "store", "controller", "worker", "analysis"},
+    "api": {"core", "store", "controller", "worker", "analysis", "api"},
     "cli": set(PACKAGES),
 }
 MAY_NOT_USE = {
@@ -49,6 +51,7 @@ def modules() -> dict[str, Path]:
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             parts = path.relative_to(ROOT).with_suffix("").parts
+            parts = parts[1:] if package == "api" else parts  # api/ is the package esgd
             out[".".join(["esgd", *parts]).removesuffix(".__init__")] = path
     return out
 
@@ -70,7 +73,9 @@ def imports(path: Path) -> set[str]:
 
 
 def layer(module: str) -> str:
-    return module.split(".")[1]
+    """The layer of a module, or of a name imported from one (`esgd.run`: the API's)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in PACKAGES and parts[1] != "api" else "api"
 
 
 def test_every_module_belongs_to_a_layer_and_the_layers_are_the_folders():
@@ -83,7 +88,7 @@ def test_imports_follow_the_layers(module):
     own = layer(module)
     for name in imports(modules()[module]):
         top = name.split(".")[0]
-        if top == "esgd" and "." in name:
+        if top == "esgd":
             assert layer(name) in MAY_IMPORT[own], f"{module} imports {name}"
         assert top not in MAY_NOT_USE.get(own, set()), f"{module} imports {name}"
     if module in NO_WORKER:
@@ -110,6 +115,7 @@ def test_the_driver_the_argo_engine_and_the_command_lines_import_no_torch():
             "esgd.controller.driver",
             "esgd.controller.argo",
             "esgd.controller.runs",
+            "esgd",
             "esgd.cli.main",
             "esgd.cli.cluster",
             "esgd.analysis.report",

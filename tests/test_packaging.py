@@ -40,5 +40,6 @@ def test_wheel_contains_every_module_under_esgd_only(tmp_path):
     for folder, package in FOLDERS.items():
         for source in (ROOT / folder).glob("*.py"):
             assert f"esgd/{package.replace('.', '/')}/{source.name}" in names, source
+    assert "esgd/__init__.py" in names  # api/__init__.py: the Python API, `import esgd`
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "esgd = esgd.cli.main:entry" in entry_points and "esgd-worker = esgd.cli.worker:entry" in entry_points
