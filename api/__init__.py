@@ -148,11 +148,13 @@ def run(
     threads: int | None = None,
     task: Callable | None = None,
     progress: Callable[[str], None] = _stderr,
+    on_step: Callable | None = None,
 ) -> Run:
     """Run `spec` on this machine to its end, or resume it (the same spec and run id), or extend it
     (a raised `generations`), exactly as `esgd run` does; the Run. `store`: a local directory or
     s3://bucket/prefix (default ./esgd-runs or $ESGD_STORE); `task`: a task function in place of
-    spec.task (for runs on this machine); `progress`: where the progress lines go (default stderr).
+    spec.task (for runs on this machine); `progress`: where the progress lines go (default stderr);
+    `on_step(phase, step, done, total)`: told as each stage of a generation starts (a progress bar).
     Bad input raises InputError or StoreError, with the one line the command line prints."""
     from esgd.controller.runs import locate
     from esgd.store.uri import open_store, run_uri
@@ -170,7 +172,7 @@ def run(
     configure_threads(threads)  # before the preflight's first torch work: the steps run in this process
     ref, resumed = create_or_resume(where, spec, run_id, lambda s: preflight(s, device))
     progress(f"{'resuming' if resumed else 'starting'} {ref.uri} (mode {spec.mode}, µ={spec.mu}, K={spec.generations})")
-    execute(ref, device, progress=progress)
+    execute(ref, device, progress=progress, on_step=on_step)
     return Run(where, run_id)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from esgd.cli import cluster, experiments, export, verify
 from esgd.cli.options import DEVICE, RUN_ID, SET, STORE, THREADS, exit_after, log, run_main
+from esgd.cli.progress import Bar
 from esgd.core.spec import dump_spec, json_schema, load_spec, read_spec
 from esgd.store.uri import open_run
 
@@ -16,7 +17,8 @@ def _run(args) -> int:
     import esgd
 
     spec = read_spec(args.spec, args.set)  # a bad spec is one line before torch is even imported
-    run = esgd.run(spec, args.store, args.run_id, args.device, args.threads, progress=log)
+    bar = Bar()  # on a terminal: a bar per generation under the progress lines
+    run = esgd.run(spec, args.store, args.run_id, args.device, args.threads, progress=bar.line, on_step=bar.step)
     print(run.uri)
     return 0
 

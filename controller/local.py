@@ -52,9 +52,16 @@ class InProcess:
             self._runs[ref.uri] = Run(ref, self.device, self.keep, self.transfers)
         return self._runs[ref.uri]
 
+    on_step: Callable[[Phase, Step, int, int], None] | None = None
+    """Told (phase, step, steps done, steps in all) as each stage starts: a terminal's progress bar."""
+
     def run_phase(self, run: RunRef, phase: Phase, attempt: int) -> None:
+        done, total = 0, len(phase.steps())
         for stage in phase.stages:
+            if self.on_step is not None:
+                self.on_step(phase, stage[0], done, total)
             self.run_stage(run, stage)
+            done += len(stage)
 
     def run_stage(self, run: RunRef, stage: tuple[Step, ...]) -> None:
         for step in stage:
@@ -100,11 +107,17 @@ def local_engine(device: str | None) -> Engine:
     return InProcess(device)
 
 
-def execute(run: RunRef, device: str | None = None, progress: Callable[[str], None] = print) -> None:
+def execute(
+    run: RunRef,
+    device: str | None = None,
+    progress: Callable[[str], None] = print,
+    on_step: Callable[[Phase, Step, int, int], None] | None = None,
+) -> None:
     """Run (or resume) every remaining step of the run on this machine. Before a first generation
     (which may take a while: the driver reports each generation as it is committed) one line says
-    what is under way."""
+    what is under way; `on_step` hears of each stage as it starts (InProcess.on_step)."""
     engine = local_engine(device or run.spec.device)
+    engine.on_step = on_step
     if not run.store.exists(generation_marker(run.id, 0)):
         first = f"generation 0 of 0..{run.spec.generations - 1}"
         if run.store.exists(keys.parents(run.id, 0)):

@@ -293,6 +293,41 @@ def test_the_runs_uri_is_the_first_line_before_torch_and_the_task_load(tmp_path)
     assert process.returncode == 0 and out.strip() == uri, err
 
 
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def rendered(text: str) -> tuple[list[str], str]:
+    """What a terminal shows of `text` (lines, and the line under the cursor): `\r\x1b[K` erases."""
+    lines, current = [], ""
+    for i, part in enumerate(text.split("\r\x1b[K")):
+        current = "" if i else current
+        *done, current = (current + part).split("\n")
+        lines += done
+    return lines, current
+
+
+def test_a_terminal_sees_a_bar_per_generation_under_the_progress_lines(tmp_path, monkeypatch):
+    spec = write_spec(tmp_path / "spec.yaml", POPULATION)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert main(["run", spec, "--store", str(tmp_path / "store"), "--device", "cpu"]) == 0
+    shown = sys.stderr.getvalue()
+    assert "gen 0 [--------------------]  0/3 steps  init" in shown  # the first generation: init, train, select
+    assert "gen 1 [----------" in shown and "steps  train 0..3" in shown
+    assert "ETA " in shown  # from the second step or generation on
+    lines, under_cursor = rendered(shown)
+    assert under_cursor == ""  # no bar is left once the run is complete
+    assert [line.split()[1] for line in lines if line.startswith("gen ")] == ["0", "1"]
+    assert lines[-1].startswith("run ") and lines[-1].endswith(" is complete")
+    assert not any("[" in line and "steps" in line for line in lines)  # bars never become lines
+
+
+def test_no_bar_where_stderr_is_not_a_terminal(population_run):
+    _, err, _ = population_run
+    assert "\r" not in err and "steps " not in err
+
+
 def test_bad_input_found_before_loading_is_the_only_line(tmp_path, capsys):
     """A bad spec, run id or store is said before the run's first line: one line in all."""
     spec = write_spec(tmp_path / "spec.yaml", POPULATION)
