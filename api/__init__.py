@@ -149,12 +149,14 @@ def run(
     task: Callable | None = None,
     progress: Callable[[str], None] = _stderr,
     on_step: Callable | None = None,
+    track: Sequence[str] = (),
 ) -> Run:
     """Run `spec` on this machine to its end, or resume it (the same spec and run id), or extend it
     (a raised `generations`), exactly as `esgd run` does; the Run. `store`: a local directory or
     s3://bucket/prefix (default ./esgd-runs or $ESGD_STORE); `task`: a task function in place of
     spec.task (for runs on this machine); `progress`: where the progress lines go (default stderr);
-    `on_step(phase, step, done, total)`: told as each stage of a generation starts (a progress bar).
+    `on_step(phase, step, done, total)`: told as each stage of a generation starts (a progress bar);
+    `track`: experiment trackers, `tensorboard:DIR` or `mlflow:URI` (docs/tracking.md).
     Bad input raises InputError or StoreError, with the one line the command line prints."""
     from esgd.controller.runs import locate
     from esgd.store.uri import open_store, run_uri
@@ -164,15 +166,20 @@ def run(
     run_id, _ = locate(where, spec, run_id)  # a bad id or another run's id, said at once
     # The run's URI first and at once, so that `esgd report URI` can follow it from another terminal.
     progress(f"run {run_uri(where, run_id)}: loading torch and the task {spec.task} …")
+    from esgd.analysis.tracking import open_trackers
     from esgd.controller.local import execute
     from esgd.controller.runs import create_or_resume
     from esgd.worker.preflight import preflight
     from esgd.worker.threads import configure_threads
 
+    trackers = open_trackers(list(track))  # a bad target is one line, before anything is written
     configure_threads(threads)  # before the preflight's first torch work: the steps run in this process
     ref, resumed = create_or_resume(where, spec, run_id, lambda s: preflight(s, device))
     progress(f"{'resuming' if resumed else 'starting'} {ref.uri} (mode {spec.mode}, µ={spec.mu}, K={spec.generations})")
-    execute(ref, device, progress=progress, on_step=on_step)
+    with trackers:
+        trackers.start(ref.uri, spec)
+        execute(ref, device, progress=progress, on_step=on_step, observe=trackers.observer(ref))
+        trackers.finish(ref)
     return Run(where, run_id)
 
 

@@ -18,7 +18,9 @@ def _run(args) -> int:
 
     spec = read_spec(args.spec, args.set)  # a bad spec is one line before torch is even imported
     bar = Bar()  # on a terminal: a bar per generation under the progress lines
-    run = esgd.run(spec, args.store, args.run_id, args.device, args.threads, progress=bar.line, on_step=bar.step)
+    run = esgd.run(
+        spec, args.store, args.run_id, args.device, args.threads, progress=bar.line, on_step=bar.step, track=args.track
+    )
     print(run.uri)
     return 0
 
@@ -77,6 +79,13 @@ def parser() -> argparse.ArgumentParser:
         "run", parents=[STORE, RUN_ID, SET, DEVICE, THREADS], help="run or resume a run; prints the run's URI"
     )
     run.add_argument("spec", help="run spec (YAML)")
+    run.add_argument(
+        "--track",
+        action="append",
+        default=[],
+        metavar="KIND:WHERE",
+        help="log to an experiment tracker: tensorboard:DIR or mlflow:URI (repeatable; docs/tracking.md)",
+    )
     run.set_defaults(handler=_run)
 
     spec = sub.add_parser("spec", parents=[SET], help="print the resolved spec, or its JSON schema")

@@ -108,8 +108,11 @@ class Driver:
         log: Callable[[str], None] = print,
         sleep: Callable[[float], None] = time.sleep,
         patience: float = 0.0,
+        observe: Callable[[dict], None] | None = None,
     ):
+        """`observe`: given each generation's summary as it is committed (experiment trackers)."""
         self.run, self.engine, self.log, self.sleep, self.patience = run, engine, log, sleep, patience
+        self.observe = observe
 
     def plan(self) -> list[Phase]:
         """Every phase of the run, cut by the engine; the final stages tagged apart when the run was
@@ -142,6 +145,8 @@ class Driver:
             if phase.generation is not None:
                 summary = self.patiently(partial(generation_summary, self.run, phase.generation), "reading the history")
                 self.log(progress_line(summary, self.run.spec.generations, time.perf_counter() - began))
+                if self.observe is not None:
+                    self.observe(summary)
         self.log(f"run {self.run.id} is complete")
 
     def complete(self, phase: Phase) -> None:

@@ -112,10 +112,12 @@ def execute(
     device: str | None = None,
     progress: Callable[[str], None] = print,
     on_step: Callable[[Phase, Step, int, int], None] | None = None,
+    observe: Callable[[dict], None] | None = None,
 ) -> None:
     """Run (or resume) every remaining step of the run on this machine. Before a first generation
     (which may take a while: the driver reports each generation as it is committed) one line says
-    what is under way; `on_step` hears of each stage as it starts (InProcess.on_step)."""
+    what is under way; `on_step` hears of each stage as it starts (InProcess.on_step), `observe` of
+    each generation's summary as it is committed (Driver)."""
     engine = local_engine(device or run.spec.device)
     engine.on_step = on_step
     if not run.store.exists(generation_marker(run.id, 0)):
@@ -124,4 +126,4 @@ def execute(
             progress(f"training {first} ({engine.name}) …")
         else:
             progress(f"initialising {run.spec.mu} individual(s), then {first} ({engine.name}) …")
-    Driver(run, engine, progress).drive()
+    Driver(run, engine, progress, observe=observe).drive()
