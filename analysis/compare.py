@@ -7,7 +7,8 @@ The modes share everything but `mode`: generations K, epochs per generation Ks, 
 pool, the seed. `single` trains one model, the others µ. Each mode is an ordinary run with the id
 `<base>-<mode>`, where <base> is the spec's default run id (computed with mode=esgd, so the mode
 written in the spec file does not matter): running the same command again resumes, and every run
-can be inspected with `esgd report` or `esgd lineage`.
+can be inspected with `esgd report` or `esgd lineage`. `--modes` may add `pbt` (Population Based
+Training) beside them; a spec's `pbt` section reaches that mode only.
 """
 
 import json
@@ -19,10 +20,17 @@ from esgd.core.metrics import band_label, finite
 from esgd.core.spec import Mode, RunSpec, SpecError, parse_spec
 
 MODES: tuple[Mode, ...] = ("single", "population", "no-evolution", "esgd")
+"""The paper's four modes: what `esgd compare` runs by default."""
+ALLOWED: tuple[Mode, ...] = (*MODES, "pbt")
+"""What `--modes` may name: the paper's four and Population Based Training, side by side on request."""
 
 
 def with_mode(spec: RunSpec, mode: str) -> RunSpec:
-    return parse_spec({**spec.model_dump(mode="json"), "mode": mode})
+    """The spec in `mode`; its pbt section (if any) goes to the pbt mode only, the others refuse it."""
+    data = {**spec.model_dump(mode="json"), "mode": mode}
+    if mode != "pbt":
+        data.pop("pbt", None)
+    return parse_spec(data)
 
 
 def base_run_id(spec: RunSpec) -> str:
@@ -32,11 +40,11 @@ def base_run_id(spec: RunSpec) -> str:
 
 
 def parse_modes(text: str | None) -> tuple[str, ...]:
-    """`--modes a,b` -> ("a", "b"); every mode when None; SpecError naming an unknown one."""
+    """`--modes a,b` -> ("a", "b"); the paper's four when None; SpecError naming an unknown one."""
     modes = tuple(text.split(",")) if text else MODES
-    unknown = [m for m in modes if m not in MODES]
+    unknown = [m for m in modes if m not in ALLOWED]
     if unknown:
-        raise SpecError(f"--modes: unknown mode(s) {', '.join(unknown)} (choose from {', '.join(MODES)})")
+        raise SpecError(f"--modes: unknown mode(s) {', '.join(unknown)} (choose from {', '.join(ALLOWED)})")
     return modes
 
 

@@ -28,6 +28,7 @@ from esgd.analysis.report import read_final, read_history, run_spec
 from esgd.core import keys
 from esgd.core.errors import InputError
 from esgd.core.metrics import finite
+from esgd.core.pbt import COPY
 from esgd.core.records import BlobRef, InitRecord, OffspringRecord, TrainRecord
 from esgd.store import checkpoint
 from esgd.store.base import Store
@@ -57,7 +58,7 @@ class Source:
     checkpoint: BlobRef
     fitness: float
     generation: int
-    role: str  # parent (trained), offspring (born), finetune, reference
+    role: str  # parent (trained), offspring (born), copy (PBT), finetune, reference
     winner: bool
 
 
@@ -70,6 +71,8 @@ def _record(store: Store, run_id: str, row: dict) -> BlobRef:
         return store.read(keys.final_record(run_id, member), TrainRecord).checkpoint
     if role == "offspring":
         return store.read(keys.offspring_record(run_id, generation, row["round"], member), OffspringRecord).checkpoint
+    if role == COPY:  # a PBT copy holds its donor's checkpoint as trained in that generation
+        return store.read(keys.train_record(run_id, generation, row["parents"][0]), TrainRecord).checkpoint
     return store.read(keys.reference(run_id), InitRecord).checkpoint
 
 

@@ -6,7 +6,10 @@ esgd.core.records.HistoryRow). An individual keeps its member id for as long as 
 the same network in every generation it is trained in (role `parent` rows), until selection drops
 it. An offspring (`g0004-r0-o002`: generation 4, round 0, offspring 2) is born from the ρ parents
 listed in its birth row, fittest first, as their mean plus N(0, σ²) noise; a reference member
-(`g0004-r0-ref`) is the run's reference checkpoint, inserted unchanged.
+(`g0004-r0-ref`) is the run's reference checkpoint, inserted unchanged. In mode pbt a copy
+(`g0004-c002`: made at the end of generation 4 in population slot 2) is born from one parent, the
+donor whose weights it copies exactly (esgd.core.pbt), and trains on with the donor's
+hyper-parameters, explored: its birth row holds them.
 
 Definitions (docs/recipes.md, "Lineage and replay"):
 - ancestry of X: X and, recursively, every parent of every offspring in it. Of each ancestor
@@ -24,7 +27,8 @@ Definitions (docs/recipes.md, "Lineage and replay"):
   recombined (every run without evolution, or an initial member that won) the replay repeats the
   run exactly: each step's fitness equals the history's. After the first birth on the line the
   replayed network differs from X (it skipped the averaging with the other parents and the
-  mutation), so it answers: what would this optimizer schedule alone have reached?
+  mutation), so it answers: what would this optimizer schedule alone have reached? A PBT copy is
+  exact, so a pbt line replays like a line that never recombined.
 """
 
 import io
@@ -39,11 +43,14 @@ from esgd.analysis.report import read_final, read_history
 from esgd.core import optimizers
 from esgd.core.errors import InputError
 from esgd.core.hparams import DRAWN, HParams
+from esgd.core.pbt import COPY
 from esgd.core.records import FinalSummary, HistoryRow
 from esgd.core.tables import SCHEMA_KEY, schema
 from esgd.store.run import frozen_spec
 
 HP = tuple(f.name for f in fields(HParams))  # the hyper-parameter columns of the history
+BORN = ("offspring", COPY)  # births from parents: the line and the ancestry go through them
+ENTRANTS = (*BORN, "reference")  # rows of a birth (the others: an SGD step)
 LINEAGE = pa.schema([*schema(HistoryRow), ("on_line", pa.bool_())], metadata={SCHEMA_KEY: b"lineage/1"})
 
 
@@ -76,7 +83,7 @@ def winner(final: FinalSummary | None, rows: list[dict]) -> str:
 
 
 def lineage(rows: list[dict], member: str) -> Lineage:
-    births = {r["member"]: r for r in rows if r["role"] in ("offspring", "reference")}
+    births = {r["member"]: r for r in rows if r["role"] in ENTRANTS}
     if member not in births and not any(r["member"] == member for r in rows):
         raise LineageError(f"member {member!r} is not in the run's history")
     # ancestry, and how long each ancestor matters: up to the birth of its last child in it
@@ -85,7 +92,7 @@ def lineage(rows: list[dict], member: str) -> Lineage:
     while todo:
         child = todo.pop()
         birth = births.get(child)
-        if birth is None or birth["role"] != "offspring":
+        if birth is None or birth["role"] not in BORN:
             continue
         for index, parent in enumerate(birth["parents"]):
             edges.append(
@@ -101,15 +108,11 @@ def lineage(rows: list[dict], member: str) -> Lineage:
             if parent not in until:
                 todo.append(parent)
             until[parent] = max(until.get(parent, (-1, -1)), _when(birth))
-    kept = [
-        r
-        for r in rows
-        if r["member"] in until and (r["role"] in ("offspring", "reference") or _when(r)[0] <= until[r["member"]][0])
-    ]
+    kept = [r for r in rows if r["member"] in until and (r["role"] in ENTRANTS or _when(r)[0] <= until[r["member"]][0])]
     kept.sort(key=lambda r: (_when(r), r["member"]))
     edges.sort(key=lambda e: (e["generation"], e["round"], e["child"], not e["first"]))
     line = [member]
-    while line[-1] in births and births[line[-1]]["role"] == "offspring":
+    while line[-1] in births and births[line[-1]]["role"] in BORN:
         line.append(births[line[-1]]["parents"][0])
     line.reverse()
     steps = []
@@ -183,13 +186,17 @@ def events(lin: Lineage) -> list[dict]:
     for m in lin.line[1:]:
         b = lin.births[m]
         parents = ", ".join(b["parents"])
+        if b["role"] == COPY:
+            made = f"copied {parents}'s weights (PBT exploit), explored its hyper-parameters to {hp_text(b)}"
+        else:
+            made = f"born: mean({parents}) + N(0, {b['sigma']:.4g}²)"
         out.append(
             {
                 "generation": b["generation"],
                 "round": b["round"],
                 "member": m,
                 "event": "born",
-                "text": f"born: mean({parents}) + N(0, {b['sigma']:.4g}²)",
+                "text": made,
                 "fitness": b["fitness"],
             }
         )
@@ -207,11 +214,13 @@ def text(lin: Lineage, title: str) -> str:
         if m in lin.births:
             by_gen[lin.births[m]["generation"]] = by_gen.get(lin.births[m]["generation"], 0) + 1
     initial = sum(m not in lin.births for m in lin.ancestors)
+    copied = sum(e["first"] and lin.births[e["child"]]["role"] == COPY for e in lin.edges)
     lines = [
         title,
         f"ancestry: {len(lin.ancestors)} individual(s): {initial} initial, "
         + "".join(f"{n} born in g{g}, " for g, n in sorted(by_gen.items()))
-        + f"{sum(e['first'] for e in lin.edges)} recombination(s)",
+        + f"{sum(e['first'] for e in lin.edges) - copied} recombination(s)"
+        + (f", {copied} PBT copies" if copied else ""),
         "line (fittest parent at each birth): " + " -> ".join(lin.line),
         "",
         f"{'gen':>4} {'round':>5}  {'member':<15} {'fitness':>8}  event",
@@ -250,6 +259,8 @@ def to_dot(lin: Lineage, title: str) -> str:
         b = lin.births.get(m)
         if b is None or b["role"] == "reference":
             origin = "initial" if b is None else "reference"
+        elif b["role"] == COPY:
+            origin = f"copied g{b['generation']} from {b['parents'][0]}"
         else:
             origin = f"born g{b['generation']} r{b['round']} σ={b['sigma']:.3g}"
         label = [

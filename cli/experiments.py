@@ -116,7 +116,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("spec", help="run spec (YAML); its mode is replaced by each of the four")
     cmp.add_argument("--run-id", help="base run id; the runs are <base>-<mode> (default: the spec's default run id)")
     cmp.add_argument(
-        "--modes", help="comma-separated subset of single,population,no-evolution,esgd (default: all four)"
+        "--modes",
+        help="comma-separated modes of single,population,no-evolution,esgd,pbt (default: the paper's four, "
+        "without pbt; a pbt section in the spec, with mode: pbt there, reaches the pbt run only)",
     )
     cmp.add_argument("--out", help="folder for the plots (default esgd-compare-<base>)")
     cmp.add_argument("--json", action="store_true", help="print one JSON object per mode instead of the table")

@@ -12,7 +12,7 @@ from pydantic import ConfigDict
 
 from esgd.core.rng import generator
 from esgd.core.schedules import value_at
-from esgd.core.spec import FixedOptimizer, OptimizerRange, RunSpec
+from esgd.core.spec import FixedOptimizer, OptimizerRange, Range, RunSpec
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,13 @@ def fixed(opt: FixedOptimizer) -> HParams:
     return HParams(**{f.name: getattr(opt, f.name) for f in fields(HParams)})
 
 
+def from_range(r: Range, field: str, x: float) -> float:
+    """The value of `field` in range `r` at the uniform draw x in [0, 1): log-uniform for the lr."""
+    if field in LOG_UNIFORM:
+        return math.exp(math.log(r.low) + x * (math.log(r.high) - math.log(r.low)))
+    return float(r.low + x * (r.high - r.low))
+
+
 def draw(spec: RunSpec, generation: int, member: str) -> HParams:
     """Draw an optimizer family uniformly from the pool, then its hyper-parameters from their
     ranges (lr log-uniform, scaled by the generation's lr_anneal factor; the rest uniform)."""
@@ -53,13 +60,7 @@ def draw(spec: RunSpec, generation: int, member: str) -> HParams:
     name = names[int(rng.integers(len(names)))]
     ranges = spec.sgd.optimizers[name]
     u = rng.random(len(DRAWN))  # every field drawn, so each field's draw is independent of the family
-    values = {}
-    for field, x in zip(DRAWN, u):
-        r = getattr(ranges, field)
-        if field in LOG_UNIFORM:
-            values[field] = math.exp(math.log(r.low) + x * (math.log(r.high) - math.log(r.low)))
-        else:
-            values[field] = float(r.low + x * (r.high - r.low))
+    values = {field: from_range(getattr(ranges, field), field, x) for field, x in zip(DRAWN, u)}
     values["lr"] *= value_at(spec.sgd.lr_anneal, generation, spec.generations)
     batch_size = int(spec.sgd.batch_size[int(rng.integers(len(spec.sgd.batch_size)))])
     return HParams(optimizer=name, batch_size=batch_size, **values)
@@ -68,9 +69,13 @@ def draw(spec: RunSpec, generation: int, member: str) -> HParams:
 def for_generation(spec: RunSpec, generation: int, member: str, previous: HParams | None) -> HParams:
     """Hyper-parameters of `member` in `generation`, by mode:
     esgd and no-evolution draw afresh every generation; population draws once (generation 0's
-    draw, kept); single keeps its fixed optimizer and carries its (halved) lr from `previous`."""
+    draw, kept); single keeps its fixed optimizer and carries its (halved) lr from `previous`; pbt
+    draws in generation 0, then keeps `previous`: what the member trained with, or for a copy made
+    by the last select the donor's, explored (esgd.core.pbt)."""
     if spec.mode == "single":
         return previous or fixed(spec.single)
     if spec.mode == "population":
         return draw(spec, 0, member)
+    if spec.mode == "pbt":
+        return previous or draw(spec, generation, member)
     return draw(spec, generation, member)

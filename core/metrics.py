@@ -11,6 +11,8 @@ TOP = 15
 def _phase(group: list[dict]) -> str:
     if any(r["role"] == "finetune" for r in group):
         return "finetune"
+    if any(r["role"] == "copy" for r in group):  # PBT (esgd.core.pbt.COPY)
+        return "exploit"
     return "evolution" if any(r["role"] in ("offspring", "reference") for r in group) else "sgd"
 
 
@@ -35,7 +37,8 @@ def band_label(sizes) -> str:
 def summarize(rows: list[dict], m: int) -> list[dict]:
     """One summary per generation, over the individuals that survive it (the next population):
     phase (`evolution`: a generation of SGD and evolution, `sgd`: a generation of the modes without
-    an evolution step, `finetune`: the final fine-tuning), best, elite_mean (mean of the m best),
+    an evolution step, `exploit`: a generation of SGD and PBT's exploit and explore (pbt mode, when
+    anyone was copied), `finetune`: the final fine-tuning), best, elite_mean (mean of the m best),
     mean, top15 ([best, 15th best]; with fewer than 15 survivors [best, worst survivor]: band_label
     names it), offspring_in_elite (share of the m elites that were born as offspring in that
     generation), best_optimizer (optimizer of the best individual after the SGD step), backoffs."""
@@ -81,7 +84,8 @@ def progress_line(summary: dict, generations: int, seconds: float) -> str:
     """One line per committed generation, numbered as the report, plots, lineage and history
     number them (from 0): `gen  0 of 0..11  best ...` for the first of K = 12."""
     last = generations - 1
-    born = "   -" if summary["phase"] == "sgd" else f"{summary['offspring_in_elite']:4.0%}"  # no evolution step
+    no_offspring = summary["phase"] in ("sgd", "exploit")  # no evolution step (a PBT copy is no offspring)
+    born = "   -" if no_offspring else f"{summary['offspring_in_elite']:4.0%}"
     return (
         f"gen {summary['generation']:>{len(str(last))}} of 0..{last}  best {summary['best']:.4f}  "
         f"elite-mean {summary['elite_mean']:.4f}  mean {summary['mean']:.4f}  "

@@ -201,11 +201,12 @@ class Member:
     member: str
     checkpoint: BlobRef
     fitness: float
-    role: str  # parent, offspring or reference: what it was in the pool it survived
+    role: str  # parent, offspring, reference or copy (PBT): what it was in the pool it survived
     born: int  # generation it was made in (0 for the initial population)
     parents: tuple[str, ...]
     elite: bool
-    hparams: HParams | None  # what it last trained with (None before its first SGD step)
+    # what it last trained with (None before its first SGD step); a PBT copy: what it will train with
+    hparams: HParams | None
 
 
 @dataclass(frozen=True)
@@ -214,9 +215,9 @@ class HistoryRow:
 
     SCHEMA: ClassVar[str] = "history/1"
     generation: int
-    round: int  # evolution round an offspring was born in; -1 for parents
+    round: int  # evolution round an offspring (or a PBT copy: 0) was born in; -1 for parents
     member: str
-    role: str  # parent, offspring, reference or finetune
+    role: str  # parent, offspring, reference, finetune or copy (PBT: esgd.core.pbt)
     fitness: float  # after training (parents) or at birth (offspring)
     fitness_before: float | None  # parents: fitness when the generation began
     elite: bool

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from esgd.core import optimizers, selection
 from esgd.core.errors import InputError
 
-Mode = Literal["esgd", "population", "no-evolution", "single"]
+Mode = Literal["esgd", "population", "no-evolution", "single", "pbt"]
 Family = Annotated[str, AfterValidator(lambda name: optimizers.check_name(name))]
 """An optimizer family's name, checked against esgd.core.optimizers when the spec is read."""
 
@@ -248,6 +248,23 @@ class EvolutionSpec(_Model):
         return selection.check(selection.SURVIVORS, "survivor selection", value)
 
 
+class PBTSpec(_Model):
+    """Population Based Training (mode pbt; docs/method.md, "PBT"): after each generation's SGD step
+    the bottom quantile copies the weights and hyper-parameters of the top quantile, then explores."""
+
+    quantile: float = Field(default=0.25, gt=0, le=0.5)
+    """Share of the population in each of the bottom and top quantiles, in (0, 0.5] (they must not
+    overlap): each individual of the bottom one copies one drawn uniformly from the top one. The count
+    rounds up, as Ray Tune's does, to at most half of µ (rounded down): µ = 1 exploits nobody."""
+    resample: float = Field(default=0.25, ge=0, le=1)
+    """Probability of drawing a copied hyper-parameter (and the optimizer family) afresh from the spec's
+    ranges instead of perturbing it."""
+    factors: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [0.8, 1.2], min_length=1)
+    """Perturbation factors (each > 0): a copied hyper-parameter is multiplied by one drawn uniformly from
+    these, then clipped to its range; a batch size moves to the next allowed value up (factor > 1) or
+    down (factor < 1)."""
+
+
 class FinetuneSpec(FixedOptimizer):
     """Optional fine-tuning of every individual after the last generation."""
 
@@ -295,7 +312,9 @@ class RunSpec(_Model):
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     """Seed of every random draw: same spec and seed, same history (0 to 2**64 - 1)."""
     mode: Mode = "esgd"
-    """esgd, population (hyper-parameters drawn once, no evolution), no-evolution, or single (one model)."""
+    """esgd, population (hyper-parameters drawn once, no evolution), no-evolution, single (one model), or
+    pbt (Population Based Training: the bottom quantile copies the top one and perturbs its
+    hyper-parameters after every SGD step; section pbt)."""
     task: str = "esgd.worker.tasks.digits:task"
     """Import path `package.module:function` of the task (see docs/tasks.md)."""
     task_args: dict[str, Any] = Field(default_factory=dict)
@@ -308,6 +327,9 @@ class RunSpec(_Model):
     """The SGD step."""
     evolution: EvolutionSpec = EvolutionSpec()
     """The evolution step (esgd mode only)."""
+    # Absent from a spec's dump unless the mode is pbt, so that the other modes keep their run ids.
+    pbt: PBTSpec | None = Field(default=None, exclude_if=lambda section: section is None)
+    """Population Based Training (pbt mode only; filled with its defaults when the mode is pbt)."""
     single: FixedOptimizer = FixedOptimizer()
     """Optimizer of the `single` mode; its lr is halved whenever fitness gets worse."""
     finetune: FinetuneSpec = FinetuneSpec()
@@ -318,6 +340,21 @@ class RunSpec(_Model):
     """How many individuals a worker trains at once on one device."""
     device: str = "auto"
     """Device for the local backend: auto (every local GPU, else the CPU), cpu, cuda or cuda:N."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pbt_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("mode") == "pbt" and data.get("pbt") is None:
+            return {**data, "pbt": {}}
+        return data
+
+    @field_validator("pbt")
+    @classmethod
+    def _pbt_mode_only(cls, value: PBTSpec | None, info) -> PBTSpec | None:
+        mode = info.data.get("mode")
+        if value is not None and mode is not None and mode != "pbt":
+            raise ValueError(f"only mode pbt reads this section (mode is {mode}): remove it, or set mode: pbt")
+        return value
 
     @field_validator("task")
     @classmethod

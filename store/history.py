@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pyarrow as pa
 
 from esgd.core import keys
+from esgd.core.pbt import COPY
 from esgd.core.plan import generation_marker, rounds
 from esgd.core.records import Damaged, FitnessRecord, HistoryRow, InitRecord, Member, OffspringRecord, TrainRecord
 from esgd.core.spec import RunSpec
@@ -51,7 +52,7 @@ def trained_row(
 
 
 def born_row(generation: int, rnd: int, child: Member, sigma: float | None, elite: bool, selected: bool) -> HistoryRow:
-    """The row of an offspring (or the reference model) at its birth in round `rnd`."""
+    """The row of an offspring (or the reference model, or a PBT copy) at its birth in round `rnd`."""
     return HistoryRow(
         generation=generation,
         round=rnd,
@@ -61,7 +62,7 @@ def born_row(generation: int, rnd: int, child: Member, sigma: float | None, elit
         fitness_before=None,
         elite=elite,
         selected=selected,
-        hparams=None,
+        hparams=child.hparams,  # None but for a PBT copy: the explored hyper-parameters it trains with next
         parents=child.parents,
         sigma=sigma,
         backoffs=0,
@@ -91,6 +92,14 @@ def generation_rows(
             for child, sigma in children
         ]
     return out
+
+
+def copies(survivors: list[Member]) -> list[list[tuple[Member, None]]]:
+    """The PBT copies among a generation's survivors (σ None: a copy is exact), as one round of
+    births for generation_rows; none in the other modes. The survivors manifest alone says who
+    copied whom, so a history part of pbt is made again from it like any other."""
+    made = [(m, None) for m in survivors if m.role == COPY]
+    return [made] if made else []
 
 
 def born(store: Store, run_id: str, spec: RunSpec, generation: int, rnd: int, record: Callable | None = None) -> list:
@@ -165,7 +174,11 @@ def part_rows(
         as_begun = members(keys.parents(run_id, generation))
         survivors = members(keys.parents(run_id, generation + 1))
         records = [record(keys.train_record(run_id, generation, m.member), TrainRecord) for m in as_begun]
-        births = [born(store, run_id, spec, generation, r, record) for r in range(rounds(spec))] if spec.evolves else []
+        births = (
+            [born(store, run_id, spec, generation, r, record) for r in range(rounds(spec))]
+            if spec.evolves
+            else copies(survivors)
+        )
     except StoreError as error:  # missing (NotFound), or damaged: its message says how to recover
         raise CannotRebuild(f"{what} cannot be made again: {error}") from None
     return generation_rows(generation, as_begun, records, births, survivors)

@@ -82,5 +82,5 @@ def test_compare_a_subset_of_modes_and_bad_modes(tmp_path, capsys):
     assert code == 2 and out == ""
     assert (
         err.strip()
-        == "esgd: error: --modes: unknown mode(s) evolve (choose from single, population, no-evolution, esgd)"
+        == "esgd: error: --modes: unknown mode(s) evolve (choose from single, population, no-evolution, esgd, pbt)"
     )

@@ -95,8 +95,9 @@ def test_evolve_makes_the_same_offspring_one_or_several_at_once(store_uri):
     assert made[0] == made[1]
 
 
-def test_stopped_between_any_two_steps_and_resumed_gives_the_same_history(store_uri):
-    data = tiny(generations=2, finetune={"epochs": 1}, sgd={"batch_size": [64]})
+@pytest.mark.parametrize("mode", ["esgd", "pbt"])
+def test_stopped_between_any_two_steps_and_resumed_gives_the_same_history(store_uri, mode):
+    data = tiny(mode=mode, generations=2, finetune={"epochs": 1}, sgd={"batch_size": [64]})
     reference = start(store_uri, data, "uninterrupted")
     execute(reference)
     expected = history(reference.uri)

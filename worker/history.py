@@ -7,10 +7,10 @@ from esgd.core import keys
 from esgd.core.records import HistoryRow
 from esgd.core.tables import to_parquet
 from esgd.store import history as stored
-from esgd.store.history import born_row, generation_rows, trained_row
+from esgd.store.history import born_row, copies, generation_rows, trained_row
 from esgd.worker.run import Run
 
-__all__ = ["born_row", "generation_rows", "rebuild", "trained_row", "write_part"]
+__all__ = ["born_row", "copies", "generation_rows", "rebuild", "trained_row", "write_part"]
 
 
 def write_part(run: Run, generation: int, rows: list[HistoryRow]) -> None:

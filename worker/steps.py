@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from esgd.core import hparams, keys
+from esgd.core import hparams, keys, pbt
 from esgd.core.errors import InputError
 from esgd.core.plan import GENERATION_COMMANDS, Step, pack_groups, rounds
 from esgd.core.records import FinalSummary, FitnessRecord, InitRecord, Member, OffspringRecord, TrainRecord
@@ -223,7 +223,8 @@ def evaluate(run: Run, generation: int, rnd: int, offspring: tuple[int, int] | N
 def select(run: Run, generation: int, rnd: int) -> None:
     """Survivors from µ+λ (+ the reference) by evolution.survivors: m-elitist selection keeps the
     best m, plus µ-m drawn at random, without replacement, from the rest. Without evolution: the
-    trained population moves on. The last round writes the generation's history."""
+    trained population moves on (in mode pbt with its bottom quantile replaced by copies of the top's).
+    The last round writes the generation's history."""
     spec = run.spec
     last = rnd == rounds(spec) - 1
     out_key = keys.parents(run.id, generation + 1) if last else keys.selected(run.id, generation, rnd)
@@ -240,13 +241,15 @@ def select(run: Run, generation: int, rnd: int) -> None:
         survivors = [replace(candidates[i], elite=True) for i in elite] + [
             replace(candidates[i], elite=False) for i in others
         ]
+    elif spec.mode == "pbt":  # the bottom quantile takes copies of the top's, explored (esgd.core.pbt)
+        survivors = population.mark_elite(pbt.next_population(spec, generation, pool), spec.m)
     else:
         survivors = population.mark_elite(pool, spec.m)
     if last:
         births = (
             [born if r == rnd else population.offspring(run, generation, r) for r in range(rounds(spec))]
             if spec.evolves
-            else []
+            else history.copies(survivors)
         )
         as_begun = population.manifest(run, keys.parents(run.id, generation))
         history.write_part(run, generation, history.generation_rows(generation, as_begun, records, births, survivors))
@@ -290,7 +293,8 @@ def finish(run: Run) -> None:
             for m, r in zip(members, records)
         ]
         history.write_part(run, spec.generations, rows)
-    best = min(members, key=lambda m: m.fitness)
+    # a PBT copy ties with its donor (the same weights): the donor, which trained with its hparams, wins
+    best = min(members, key=lambda m: (m.fitness, m.role == pbt.COPY))
     value = metric(run.load_model(best.checkpoint), run.task, run.fitness_data, best.fitness)
     summary = FinalSummary(best.member, best.fitness, best.checkpoint, run.task.metric_name, value)
     run.store.commit(keys.final_summary(run.id), summary)
