@@ -9,7 +9,7 @@ STORE  ?= esgd-runs
 TORCH_CPU      ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: install demo test lint format smoke bench clean constraints
+.PHONY: install demo test lint format smoke bench results clean constraints
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -59,6 +59,13 @@ constraints: install
 # Packed training vs the sequential loop (docs/PERFORMANCE.md); --quick fits a short GPU lease.
 bench: install
 	$(PY) bench/packing.py --quick
+
+# The benchmark suite and the knob study (hours on a laptop CPU; resumable): they write
+# docs/RESULTS.md and docs/KNOBS.md from what they measure. RESULTS_STORE keeps their runs.
+RESULTS_STORE ?= esgd-results
+results: install
+	$(PY) bench/results.py --out docs/RESULTS.md --store $(RESULTS_STORE) --jobs 2
+	$(PY) bench/knobs.py --out docs/KNOBS.md --store $(RESULTS_STORE) --jobs 2
 
 clean:
 	rm -rf $(STORE) demo-out esgd-report-* esgd-compare-*

@@ -31,7 +31,7 @@ SET = _parent(
 DEVICE = _parent("--device", help="torch device: auto (a GPU if any), cpu, cuda or cuda:N (default: the spec's device)")
 
 
-def _threads(text: str) -> int:  # argparse's own error (usage and one line, exit 2), as for a bad choice
+def positive(text: str) -> int:  # argparse's own error (usage and one line, exit 2), as for a bad choice
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return int(text)
@@ -39,7 +39,7 @@ def _threads(text: str) -> int:  # argparse's own error (usage and one line, exi
 
 THREADS = _parent(
     "--threads",
-    type=_threads,
+    type=positive,
     metavar="N",
     help="torch intra-op threads (default: $ESGD_THREADS, else $OMP_NUM_THREADS, else the CPUs of this process's "
     "quota: cgroup limit and affinity)",
