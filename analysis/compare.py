@@ -57,8 +57,8 @@ def compare(
     progress: Callable[[str], None] = print,
 ) -> list[dict]:
     """Run (or resume) every mode; one result per mode: mode, run (URI), mu (survivors per
-    generation), best, top15, metric_name, metric, epochs (individual-epochs of SGD), generations
-    (per-generation summaries)."""
+    generation), best, top15, metric_name, metric, test and test_metric (the winner on the task's
+    test set, if any), epochs (individual-epochs of SGD), generations (per-generation summaries)."""
     from esgd.analysis.report import load
     from esgd.controller.local import execute
     from esgd.controller.runs import create_or_resume
@@ -88,6 +88,8 @@ def compare(
                 "top15": last["top15"],
                 "metric_name": final.metric_name,
                 "metric": final.metric,
+                "test": final.test_fitness,  # None without a test set (Task.test)
+                "test_metric": final.test_metric,
                 "best_member": final.best_member,
                 "epochs": sum(r["epochs"] or 0 for r in rows if r["role"] in ("parent", "finetune")),
                 "generations": summaries,

@@ -105,11 +105,18 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
+TEST = 0.2
+"""The fraction of each task's examples kept apart as its test set (the tasks' `test` argument): the
+suite's score is the winner's loss there. The fitness set cannot be the score: every population
+method selects on it, so its loss rewards selecting hard on a few hundred examples."""
+
+
 def task_spec(name: str, seed: int, budget: dict):
     """The spec every mode of (task, seed) shares: the recommended defaults, the budget, the task."""
     from esgd.core.spec import parse_spec
 
     _, task, args, extra = TASKS[name]
+    args = {**args, "test": TEST}
     return parse_spec(merge(merge({"name": name, "seed": seed, "task": task, "task_args": args}, budget), extra))
 
 
@@ -163,9 +170,10 @@ def run_job(job: dict, store_uri: str | None, device: str | None) -> dict:
     record = {
         **{k: job[k] for k in ("task", "seed", "mode", "point")},
         "run": result["run"],
-        "best": result["best"],
+        "fitness": result["best"],  # on the fitness set: what the run chose its winner by
+        "best": result["test"],  # the score: the winner's loss on the test set, never trained or chosen on
         "metric_name": result["metric_name"],
-        "metric": result["metric"],
+        "metric": result["test_metric"],
         "epochs": result["epochs"],
         "wall_s": time.perf_counter() - began,
         "resumed": resumed,  # started by an earlier invocation: its wall time is the rest only
@@ -184,7 +192,10 @@ def finished(store, job: dict) -> dict | None:
         record = json.loads(store.get(key))
     except ValueError:  # damaged: the run is resumed (it is complete: nothing to do) and measured again
         return None
-    record["best"] = math.inf if record["best"] is None else record["best"]  # a diverged run: stored as null
+    if "fitness" not in record:  # written by a suite that had no test set: run it again
+        return None
+    for key in ("best", "fitness"):  # a diverged run: stored as null
+        record[key] = math.inf if record[key] is None else record[key]
     return record
 
 
@@ -237,7 +248,7 @@ def progress(n: int, total: int, width: int, r: dict, note: str) -> None:
     point = f" [{r['point']}]" if r["point"] else ""
     metric = f"  {r['metric_name']} {100 * r['metric']:.2f} %" if r["metric"] is not None else ""
     print(
-        f"[{n:>{width}}/{total}] {r['task']} seed {r['seed']} {r['mode']}{point}: best {r['best']:.4f}{metric}"
+        f"[{n:>{width}}/{total}] {r['task']} seed {r['seed']} {r['mode']}{point}: test loss {r['best']:.4f}{metric}"
         f"  {r['epochs']} individual-epochs  {r['wall_s']:.1f}s{'  (' + note + ')' if note else ''}",
         file=sys.stderr,
         flush=True,
@@ -330,6 +341,7 @@ def suite(args, argv: list[str] | None) -> int:
         "elapsed_s": time.perf_counter() - began,
         "budget": profile["budget"],
         "tune": profile["tune"],
+        "test": TEST,
         "tasks": {t: TASKS[t] for t in tasks},
         "modes": {m: MODES[m] for m in modes},
         "specs": {t: task_spec(t, 0, profile["budget"]) for t in tasks},

@@ -66,6 +66,9 @@ def _report(args) -> int:
     if final:
         metric = "" if final.metric is None else f"  {final.metric_name} {final.metric:.4f}"
         log(f"best individual {final.best_member}  fitness {final.best_fitness:.4f}{metric}")
+        if final.test_fitness is not None:
+            tested = "" if final.test_metric is None else f"  {final.metric_name} {final.test_metric:.4f}"
+            log(f"on the task's test set (never trained or selected on): loss {final.test_fitness:.4f}{tested}")
     if note:
         log(note)
     return 0

@@ -125,6 +125,10 @@ class FinalSummary:
     checkpoint: BlobRef
     metric_name: str
     metric: float | None
+    test_fitness: float | None = None
+    """The best individual's loss on the task's test set (never trained or selected on), if it has one."""
+    test_metric: float | None = None
+    """Its metric on the test set."""
 
 
 @dataclass(frozen=True)

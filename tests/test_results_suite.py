@@ -93,7 +93,7 @@ def test_quick_suite_writes_the_results_and_a_rerun_runs_nothing_again(tmp_path)
     assert f"**{met} of 3 checks met; the goal is {'MET' if met == 3 else 'NOT MET'}.**" in goal
     favour = section(text, "## Which tasks favour which method")
     assert all(f"- {task}: " in favour for task in tasks)
-    assert len(table_rows(section(text, "## Every run: best fitness per seed"))) == len(tasks) * len(seeds)
+    assert len(table_rows(section(text, "## Every run: test loss per seed"))) == len(tasks) * len(seeds)
 
     # the same command again: every run read back, none run, the same numbers
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -150,9 +150,11 @@ def test_pbt_is_a_default_mode_and_a_mode_the_engine_lacks_is_refused(tmp_path, 
     )
 
 
-def record(task, seed, mode, best, point="", epochs=10, wall=1.0):
+def record(task, seed, mode, best, point="", epochs=10, wall=1.0, fitness=None):
+    """A run's result: `best` its score (test loss), `fitness` what it was chosen by (default: the same)."""
     return {"task": task, "seed": seed, "mode": mode, "point": point, "best": best, "metric": 0.1,
-            "metric_name": "error rate", "epochs": epochs, "wall_s": wall}  # fmt: skip
+            "metric_name": "error rate", "epochs": epochs, "wall_s": wall,
+            "fitness": best if fitness is None else fitness}  # fmt: skip
 
 
 def test_statistics_on_hand_made_numbers():
@@ -166,6 +168,9 @@ def test_statistics_on_hand_made_numbers():
         record("c", 0, "population", 0.2),
         record("a", 0, "tuned-single", 0.7, "sgd lr 0.1", 10, 2.0),
         record("a", 0, "tuned-single", 0.4, "adam lr 0.001", 10, 3.0),
+        # chosen by fitness, never by the score: the lower test loss of the second point does not pick it
+        record("d", 0, "tuned-single", 0.9, "sgd lr 0.1", 10, 1.0, fitness=0.2),
+        record("d", 0, "tuned-single", 0.1, "adam lr 0.001", 10, 1.0, fitness=0.3),
     ]
     entries = rs.collapse(recs)
     tuned = entries["a", 0, "tuned-single"]
@@ -176,6 +181,7 @@ def test_statistics_on_hand_made_numbers():
         5.0,
         2,
     )  # the grid's best point, at the grid's whole cost
+    assert (entries["d", 0, "tuned-single"]["chosen"], entries["d", 0, "tuned-single"]["best"]) == ("sgd lr 0.1", 0.9)
     test = rs.versus(entries, "population")
     assert (test["pairs"], test["wins"], test["ties"], test["losses"]) == (3, 1, 1, 1)
     assert test["p_better"] is not None and 0 < test["p_better"] <= 1 and 0 < test["p_two"] <= 1

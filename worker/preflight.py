@@ -36,8 +36,9 @@ def check(spec: RunSpec, task: Task) -> None:
     """The task's data has the layout training reads, the spec's batch sizes fit its training set,
     one mini-step of its code runs (mini_step), and the checkpoints the spec names are checkpoints
     of its model. Raises InputError naming the task or the spec field."""
-    for name in ("train", "fitness"):
-        _check_data(spec.task, name, getattr(task, name))
+    for name in ("train", "fitness", "test"):
+        if name != "test" or task.test is not None:  # a test set is optional
+            _check_data(spec.task, name, getattr(task, name))
     if not isinstance(task.eval_batch_size, int) or task.eval_batch_size < 1:
         raise TaskError(f"task {spec.task}: eval_batch_size must be a whole number >= 1, got {task.eval_batch_size!r}")
     check_batch_sizes(spec, len(task.train[0]))

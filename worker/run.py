@@ -67,6 +67,10 @@ class Run:
     def fitness_data(self) -> tuple[torch.Tensor, ...]:
         return tuple(t.to(self.device) for t in self.task.fitness)
 
+    @cached_property
+    def test_data(self) -> tuple[torch.Tensor, ...] | None:
+        return None if self.task.test is None else tuple(t.to(self.device) for t in self.task.test)
+
     def pack_size(self, pending: int) -> int:
         """Individuals per pack: the spec's number, or auto (all pending, at most 64; on a GPU as
         many as 80 % of its free memory holds; on the CPU 1 for convolutional models, whose

@@ -295,8 +295,13 @@ def finish(run: Run) -> None:
         history.write_part(run, spec.generations, rows)
     # a PBT copy ties with its donor (the same weights): the donor, which trained with its hparams, wins
     best = min(members, key=lambda m: (m.fitness, m.role == pbt.COPY))
-    value = metric(run.load_model(best.checkpoint), run.task, run.fitness_data, best.fitness)
-    summary = FinalSummary(best.member, best.fitness, best.checkpoint, run.task.metric_name, value)
+    model = run.load_model(best.checkpoint)
+    value = metric(model, run.task, run.fitness_data, best.fitness)
+    test = tested = None
+    if run.test_data is not None:  # scored once, for the winner only: nothing was chosen by it
+        test = fitness(model, run.task, run.test_data)
+        tested = metric(model, run.task, run.test_data, test)
+    summary = FinalSummary(best.member, best.fitness, best.checkpoint, run.task.metric_name, value, test, tested)
     run.store.commit(keys.final_summary(run.id), summary)
     history.rebuild(run)  # before the commit: a finished run's history is whole
     run.store.put_if_absent(key, to_parquet(members, Member))

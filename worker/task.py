@@ -37,6 +37,9 @@ class Task:
     """Training data as tensors with the examples along dim 0: (inputs, targets)."""
     fitness: tuple[torch.Tensor, ...]
     """Fitness data, same layout; fitness = mean loss on it, in eval mode, no grad."""
+    test: tuple[torch.Tensor, ...] | None = None
+    """Optional test data, same layout, never trained or selected on: the winner's loss and metric
+    on it are scored once, when the run finishes (final/summary.json: test_fitness, test_metric)."""
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
     """loss(model(inputs), targets) -> mean loss (a scalar tensor)."""
     metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None

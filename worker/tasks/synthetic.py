@@ -30,15 +30,19 @@ from esgd.worker.tasks.common import error_rate, split
 from esgd.worker.tasks.mlp import mlp
 
 
-def _task(x: np.ndarray, y: np.ndarray, classes: int, hidden: int, depth: int, fitness: str, seed: int) -> Task:
-    """An MLP classifier on (x, y) with the bundled tasks' split: 70 % trains, 30 % held out."""
+def _task(
+    x: np.ndarray, y: np.ndarray, classes: int, hidden: int, depth: int, fitness: str, seed: int, test: float
+) -> Task:
+    """An MLP classifier on (x, y) with the bundled tasks' split: 70 % trains, 30 % held out (of
+    what a `test` fraction leaves)."""
     if fitness not in ("validation", "train"):
         raise TypeError(f"fitness must be 'validation' or 'train', got {fitness!r}")
-    train, fit = split(x.astype(np.float32), y.astype(np.int64), fitness, seed)
+    train, fit, held = split(x.astype(np.float32), y.astype(np.int64), fitness, seed, test=test)
     return Task(
         model=partial(mlp, x.shape[1], hidden, depth, classes),
         train=train,
         fitness=fit,
+        test=held,
         metric=error_rate,
         metric_name="error rate",
     )
@@ -51,13 +55,19 @@ def _positive(**values: int) -> None:
 
 
 def checkerboard(
-    periods: int = 5, n: int = 2000, hidden: int = 32, depth: int = 2, fitness: str = "validation", seed: int = 0
+    periods: int = 5,
+    n: int = 2000,
+    hidden: int = 32,
+    depth: int = 2,
+    fitness: str = "validation",
+    seed: int = 0,
+    test: float = 0.0,
 ) -> Task:
     """A periods × periods checkerboard on [-1, 1]², n points drawn uniformly, 2 classes."""
     _positive(periods=periods, n=n, hidden=hidden, depth=depth)
     x = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(n, 2))
     cell = np.floor((x + 1.0) / 2.0 * periods).clip(0, periods - 1).astype(np.int64)
-    return _task(x, cell.sum(1) % 2, 2, hidden, depth, fitness, seed)
+    return _task(x, cell.sum(1) % 2, 2, hidden, depth, fitness, seed, test)
 
 
 def parity(
@@ -68,6 +78,7 @@ def parity(
     depth: int = 2,
     fitness: str = "validation",
     seed: int = 0,
+    test: float = 0.0,
 ) -> Task:
     """n random ±1 vectors of `bits` entries, labelled by the parity of k of them (drawn by the seed)."""
     _positive(bits=bits, k=k, n=n, hidden=hidden, depth=depth)
@@ -76,7 +87,7 @@ def parity(
     rng = np.random.default_rng(seed)
     relevant = rng.choice(bits, size=k, replace=False)
     x = rng.choice([-1.0, 1.0], size=(n, bits))
-    return _task(x, (x[:, relevant].prod(1) < 0).astype(np.int64), 2, hidden, depth, fitness, seed)
+    return _task(x, (x[:, relevant].prod(1) < 0).astype(np.int64), 2, hidden, depth, fitness, seed, test)
 
 
 def spirals(
@@ -87,6 +98,7 @@ def spirals(
     depth: int = 6,
     fitness: str = "validation",
     seed: int = 0,
+    test: float = 0.0,
 ) -> Task:
     """Two interleaved spirals of `turns` turns in [-1, 1]² (n points, Gaussian noise of std `noise`),
     for a deep narrow MLP (`depth` hidden layers of `hidden` units)."""
@@ -98,7 +110,7 @@ def spirals(
     t = np.sqrt(rng.uniform(0.0, 1.0, size=n))  # sqrt: points spread evenly along the arm, not bunched at the centre
     angle = 2 * np.pi * turns * t + np.pi * y  # the second spiral is the first turned by half a turn
     x = np.stack([t * np.cos(angle), t * np.sin(angle)], 1) + rng.normal(0.0, noise, size=(n, 2))
-    return _task(x, y, 2, hidden, depth, fitness, seed)
+    return _task(x, y, 2, hidden, depth, fitness, seed, test)
 
 
 def many_classes(
@@ -110,6 +122,7 @@ def many_classes(
     depth: int = 2,
     fitness: str = "validation",
     seed: int = 0,
+    test: float = 0.0,
 ) -> Task:
     """`classes` Gaussian clusters (centres N(0, 1) in `dims` dimensions, examples N(centre, spread²)),
     `per_class` examples each: about 70 % of them train, the rest are held out."""
@@ -120,4 +133,4 @@ def many_classes(
     centres = rng.normal(0.0, 1.0, size=(classes, dims))
     y = np.repeat(np.arange(classes), per_class)
     x = centres[y] + rng.normal(0.0, spread, size=(len(y), dims))
-    return _task(x, y, classes, hidden, depth, fitness, seed)
+    return _task(x, y, classes, hidden, depth, fitness, seed, test)

@@ -26,7 +26,7 @@ def task(
     features = [c for c in table.column_names if c != label]
     x = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in features], axis=1)
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    train, fit = split(x, y, fitness, split_seed)
+    train, fit, _ = split(x, y, fitness, split_seed)
     classes = int(y.max()) + 1
     return Task(
         model=partial(mlp, x.shape[1], hidden, depth, classes),

@@ -8,7 +8,7 @@ from functools import partial
 import numpy as np
 
 from esgd.worker.task import Task
-from esgd.worker.tasks.common import error_rate, split
+from esgd.worker.tasks.common import error_rate, split, split_indices
 from esgd.worker.tasks.mlp import mlp
 
 DATASETS = ("breast_cancer", "wine", "iris")
@@ -21,6 +21,7 @@ def task(
     batchnorm: bool = False,
     fitness: str = "validation",
     split_seed: int = 0,
+    test: float = 0.0,
 ) -> Task:
     import sklearn.datasets
 
@@ -30,15 +31,15 @@ def task(
         raise TypeError(f"fitness must be 'validation' or 'train', got {fitness!r}")
     x, y = getattr(sklearn.datasets, f"load_{dataset}")(return_X_y=True)
     x = x.astype(np.float32)
-    order = np.random.default_rng(split_seed).permutation(len(x))
-    train_part = x[order[: int(0.7 * len(x))]]  # the same rows `split` trains on
+    train_part = x[split_indices(len(x), split_seed, test=test)[0]]  # the rows `split` trains on
     x = (x - train_part.mean(0)) / (train_part.std(0) + 1e-6)
-    train, fit = split(x, y, fitness, split_seed)
+    train, fit, held = split(x, y, fitness, split_seed, test=test)
     classes = int(y.max()) + 1
     return Task(
         model=partial(mlp, x.shape[1], hidden, depth, classes, batchnorm),
         train=train,
         fitness=fit,
+        test=held,
         metric=error_rate,
         metric_name="error rate",
     )
