@@ -92,8 +92,9 @@ def write(out: Path, entries: dict[tuple, dict], variants, tasks, context: dict)
         "[RESULTS.md](RESULTS.md) (µ = 8, λ = 8, K × Ks = 50 individual-epochs per individual). Each row is ESGD "
         "with the change named, against the default ESGD, the population baseline and PBT of the same task and "
         "seed: wins/ties/losses over task×seed pairs (tie: relative difference below 1e-3), the median "
-        "relative difference of best fitness (negative: the variant is better), and the two-sided Wilcoxon "
-        "p-value on the relative differences.",
+        "relative difference of the score (negative: the variant is better), and the two-sided Wilcoxon "
+        "p-value on the relative differences. The score is the suite's: the winner's loss on the task's test "
+        "set, never trained or selected on.",
         "",
         "| variant | what | vs default ESGD: W/T/L, median, p | vs population: W/T/L, p | vs PBT: W/T/L, p |",
         "|---|---|---|---|---|",
@@ -108,7 +109,7 @@ def write(out: Path, entries: dict[tuple, dict], variants, tasks, context: dict)
             median = f", {v['median']:+.3f}" if rival == DEFAULT else ""
             cells.append(f"{v['wins']}/{v['ties']}/{v['losses']}{median}, p {_p(v['p_two'])}")
         lines.append(f"| {name} | {VARIANTS[name][0]} | {' | '.join(cells)} |")
-    lines += ["", "## Mean best fitness per task (± std over seeds)", ""]
+    lines += ["", *verdict(entries, variants), "", "## Mean test loss per task (± std over seeds)", ""]
     columns = [*variants, *BASELINES]
     lines += ["| task | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for task in tasks:
@@ -122,6 +123,24 @@ def write(out: Path, entries: dict[tuple, dict], variants, tasks, context: dict)
     ranked = ", ".join(f"{name} {rank:.1f}" for name, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
     lines += ["", f"Mean rank over the tasks (1 = best of these columns): {ranked}."]
     out.write_text("\n".join(lines) + "\n")
+
+
+def verdict(entries: dict[tuple, dict], variants) -> list[str]:
+    """What the table says, in words: the variants better or worse than the default at 5 % (two-sided
+    Wilcoxon), and how the better ones fare against population and PBT."""
+    tests = {name: compare(entries, name, DEFAULT) for name in variants if name != DEFAULT}
+    better = [n for n, t in tests.items() if t["p_two"] is not None and t["p_two"] < 0.05 and t["median"] < 0]
+    worse = [n for n, t in tests.items() if t["p_two"] is not None and t["p_two"] < 0.05 and t["median"] > 0]
+    lines = [
+        f"**Better than the default at 5 %**: {', '.join(better) or 'none'}. "
+        f"**Worse at 5 %**: {', '.join(worse) or 'none'}. The others differ from the default by no more than "
+        "the seeds do."
+    ]
+    for name in better:
+        vs = {b: compare(entries, name, b) for b in BASELINES}
+        said = "; ".join(f"vs {b} {v['wins']}/{v['ties']}/{v['losses']}, p {_p(v['p_two'])}" for b, v in vs.items())
+        lines.append(f"- {name}: {said}.")
+    return lines
 
 
 def _rank(table, task, name, columns) -> float:
