@@ -49,6 +49,15 @@ def tracked(tmp_path_factory):
     return run, records
 
 
+def send(target: str, run, records: list[dict]) -> None:
+    """A whole run through one tracker, as esgd run drives it: start, each generation, finish."""
+    with open_trackers([target]) as trackers:
+        trackers.start(run.uri, run.spec)
+        for record in records:
+            trackers.generation(record)
+        trackers.finish(run)
+
+
 def f32(value: float) -> float:
     """What TensorBoard keeps of a scalar: a float32."""
     return float(np.float32(value))
@@ -167,11 +176,7 @@ def test_tensorboard_event_files_hold_the_summaries(tracked, tmp_path):
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
     run, records = tracked
-    with open_trackers([f"tensorboard:{tmp_path / 'tb'}"]) as trackers:
-        trackers.start(run.uri, run.spec)
-        for record in records:
-            trackers.generation(record)
-        trackers.finish(run)
+    send(f"tensorboard:{tmp_path / 'tb'}", run, records)
     logdir = tmp_path / "tb" / RUN
     events = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
@@ -240,11 +245,7 @@ def test_mlflow_run_holds_params_metrics_per_step_and_the_winner(tracked, file_s
     from safetensors.numpy import load_file
 
     run, records = tracked
-    with open_trackers([f"mlflow:{file_store}"]) as trackers:
-        trackers.start(run.uri, run.spec)
-        for record in records:
-            trackers.generation(record)
-        trackers.finish(run)
+    send(f"mlflow:{file_store}", run, records)
     client = MlflowClient(tracking_uri=file_store)
     experiment = client.get_experiment_by_name(run.spec.name)
     (logged,) = client.search_runs([experiment.experiment_id])
