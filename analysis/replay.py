@@ -11,6 +11,7 @@ from esgd.core import hparams, keys
 from esgd.core.hparams import HParams
 from esgd.core.records import InitRecord
 from esgd.worker import population
+from esgd.worker.optimizers import State
 from esgd.worker.run import Run
 from esgd.worker.train import fitness, train
 
@@ -40,9 +41,13 @@ def replay(run: Run, member: str | None = None) -> tuple[list[dict], torch.nn.Mo
     else:
         model = population.initial_model(run, first, population.initial_base(run))
     current = fitness(model, run.task, run.fitness_data)
-    out = []
+    out, carried, last = [], None, None
     for index, row in enumerate(lin.schedule):
         hp = start_hparams(spec, lin, index)
+        state = None  # sgd.optimizer_state: carry: as the train step, from the same member's previous generation
+        if spec.sgd.optimizer_state == "carry" and row["role"] != "finetune":
+            same = last is not None and (last["member"], last["generation"] + 1) == (row["member"], row["generation"])
+            state = carried if same and last["optimizer"] == hp.optimizer else State()
         result = train(
             model,
             run.task,
@@ -54,7 +59,9 @@ def replay(run: Run, member: str | None = None) -> tuple[list[dict], torch.nn.Mo
             1.0 if spec.mode == "single" else spec.sgd.backoff,
             run.seed(row["generation"], row["member"]),
             halve_lr=spec.mode == "single",
+            optimizer_state=state,
         )
+        carried, last = result.optimizer_state, row
         out.append(
             {
                 "generation": row["generation"],

@@ -230,15 +230,15 @@ def _spec(store: Store, run_id: str, present: set[str], found: Verification) -> 
 
 
 def _checkpoints(store: Store, reader: _Reader, kinds: dict, found: Verification) -> None:
-    """Every checkpoint a record or manifest names: size and SHA-256, streamed."""
+    """Every checkpoint (and optimizer state) a record or manifest names: size and SHA-256, streamed."""
     refs, named_by, final = {}, {}, None
     for key, value in reader.found.items():
         if isinstance(value, Exception):
             continue
         for item in value if isinstance(value, list) else [value]:
-            ref = getattr(item, "checkpoint", None)
-            if ref is not None and ref.key not in refs:
-                refs[ref.key], named_by[ref.key] = ref, key
+            for ref in (getattr(item, "checkpoint", None), getattr(item, "optimizer_state", None)):
+                if ref is not None and ref.key not in refs:
+                    refs[ref.key], named_by[ref.key] = ref, key
         if isinstance(value, FinalSummary):
             final = value
     blobs = Blobs(store)

@@ -147,21 +147,22 @@ def run(
     device: str | None = None,
     threads: int | None = None,
     task: Callable | None = None,
-    progress: Callable[[str], None] = _stderr,
+    progress: Callable[[str], None] | None = _stderr,
     on_step: Callable | None = None,
     track: Sequence[str] = (),
 ) -> Run:
     """Run `spec` on this machine to its end, or resume it (the same spec and run id), or extend it
     (a raised `generations`), exactly as `esgd run` does; the Run. `store`: a local directory or
     s3://bucket/prefix (default ./esgd-runs or $ESGD_STORE); `task`: a task function in place of
-    spec.task (for runs on this machine); `progress`: where the progress lines go (default stderr);
-    `on_step(phase, step, done, total)`: told as each stage of a generation starts (a progress bar);
+    spec.task (for runs on this machine); `progress`: where the progress lines go (default stderr;
+    None: nowhere); `on_step(phase, step, done, total)`: told as each stage of a generation starts (a progress bar);
     `track`: experiment trackers, `tensorboard:DIR` or `mlflow:URI` (docs/tracking.md).
     Bad input raises InputError or StoreError, with the one line the command line prints."""
     from esgd.controller.runs import locate
     from esgd.store.uri import open_store, run_uri
 
     spec = _spec(spec, task=task_path(task)) if task is not None else _spec(spec)
+    progress = progress or (lambda line: None)
     where = open_store(store)
     run_id, _ = locate(where, spec, run_id)  # a bad id or another run's id, said at once
     # The run's URI first and at once, so that `esgd report URI` can follow it from another terminal.
@@ -188,7 +189,7 @@ def compare(
     modes: Sequence[str] | None = None,
     store: str | None = None,
     device: str | None = None,
-    progress: Callable[[str], None] = _stderr,
+    progress: Callable[[str], None] | None = _stderr,
 ) -> list[dict]:
     """The modes side by side with the same spec and budget (`esgd compare`): one row per mode of
     the paper's Table 1 (mode, run, best, top15, metric_name, metric, epochs, generations)."""
@@ -196,4 +197,4 @@ def compare(
     from esgd.analysis.compare import compare as compare_modes
 
     chosen = parse_modes(",".join(modes)) if modes else MODES
-    return compare_modes(_spec(spec), store, device=device, modes=chosen, progress=progress)
+    return compare_modes(_spec(spec), store, device=device, modes=chosen, progress=progress or (lambda line: None))

@@ -1,14 +1,14 @@
-"""ESGD's knobs, measured on the benchmark suite (bench/results.py): each variant is ESGD with a few
-spec fields changed, run on the suite's tasks and seeds at the suite's budget, and compared pair
-by pair (same task, same seed) with the default ESGD, the population baseline and PBT of the
-suite. The markdown (docs/KNOBS.md) is written from the measurements.
+"""ESGD's knobs, measured on the benchmark suite (bench/results.py): each variant is ESGD with the
+paper's settings and a few spec fields changed, run on the suite's tasks and seeds at the suite's
+budget, and compared pair by pair (same task, same seed) with the paper's settings, the population
+baseline and PBT. The markdown (docs/KNOBS.md) is written from the measurements; the spec's defaults
+are what it shows wins.
 
   python bench/knobs.py --out docs/KNOBS.md --store STORE [--jobs 2]    # STORE: the suite's store
   python bench/knobs.py --out /tmp/k.md --quick                         # 2 tasks, 2 seeds, tiny budgets
 
-Runs are ordinary runs in the store, resumed and skipped like the suite's (results.run_all); the
-baselines are the suite's own runs (run here if the store lacks them). Every variant keeps the
-per-individual budget (individual-epochs) of the default: Ks × K is the same.
+Runs are ordinary runs in the store, resumed and skipped like the suite's (results.run_all). Every
+variant keeps the per-individual budget (individual-epochs) of the paper's settings: Ks × K is the same.
 """
 
 import math
@@ -23,47 +23,123 @@ import results_stats as stats
 
 from esgd.core.errors import InputError
 
-# name -> (why it is tried, spec changes, or a function of the budget giving them). The default is
-# the suite's (the spec's defaults, K = 50, Ks = 1); the paper's own settings for its small tasks
-# are not in this list: its knobs are.
+PAPER = {
+    "sgd": {
+        "lr_anneal": {"start": 1.0, "end": 0.1, "kind": "exponential"},
+        "hparams": "redraw",
+        "optimizer_state": "reset",
+    },
+    "evolution": {"sigma": {"start": 0.01, "end": 0.001, "kind": "exponential"}, "sigma_scale": "absolute"},
+}
+"""The paper's settings where today's defaults differ (docs/method.md, "The paper's settings"): every
+run of the study is made from them plus its variant's changes, so that the study measures the same
+runs whatever the defaults are (a rerun after the defaults changed finds them all in the store)."""
+
+
+def _elite_all(budget: dict) -> dict:
+    return {"population": {"elite": budget.get("population", {}).get("mu", 8)}}
+
+
+def _longer_epochs(budget: dict) -> dict:
+    return {"generations": max(1, budget["generations"] // 2), "sgd": {"epochs": 2 * budget["sgd"]["epochs"]}}
+
+
+def _combine(*changes: dict) -> dict:
+    out = {}
+    for change in changes:
+        out = results.merge(out, change)
+    return out
+
+
+CONSTANT_LR = {"sgd": {"lr_anneal": {"start": 1.0, "end": None, "kind": "exponential"}}}
+KEEP = {"sgd": {"hparams": "keep"}}
+CARRY = {"sgd": {"optimizer_state": "carry"}}
+SIGMA_X10 = {"evolution": {"sigma": {"start": 0.1, "end": 0.01}}}
+TRAIN_FITNESS = {"task_args": {"fitness": "train"}}
+
+# name -> (why it is tried, spec changes, or a function of the budget giving them), each applied to
+# the paper's settings at the suite's budget (K = 50, Ks = 1).
 VARIANTS = {
-    "default": ("the suite's ESGD: the spec's defaults", {}),
+    "paper": ("the paper's settings: the spec's defaults before this study", {}),
     "relaxed back-off 0.5": (
         "an epoch that made fitness worse is kept with probability 0.5 (the paper's relaxed variant)",
         {"sgd": {"backoff": 0.5}},
     ),
     "no back-off": ("every epoch is kept: plain SGD between the evolution steps", {"sgd": {"backoff": 0.0}}),
-    "σ ×10": ("mutation σ 0.1 → 0.01 instead of 0.01 → 0.001", {"evolution": {"sigma": {"start": 0.1, "end": 0.01}}}),
-    "no mutation": ("σ = 0: recombination only", {"evolution": {"sigma": {"start": 0.0, "kind": "constant"}}}),
+    "σ ×10": ("mutation σ 0.1 → 0.01 instead of 0.01 → 0.001", SIGMA_X10),
+    "no mutation": (
+        "σ = 0: recombination only",
+        {"evolution": {"sigma": {"start": 0.0, "end": None, "kind": "constant"}}},
+    ),
     "flat roulette": (
         "roulette floor 1.0: weaker parent selection pressure",
         {"evolution": {"roulette_floor": 1.0}},
     ),
     "m = 2": ("2 elites of µ = 8 instead of 5: more random survivors", {"population": {"elite": 2}}),
-    "Ks × 2, K / 2": (
+    "m = µ": ("every survivor is among the best µ of µ + λ: no random survivors (truncation)", _elite_all),
+    "Ks × 2 and K / 2": (
         "twice the epochs per generation, half the generations (K = 25, Ks = 2 at the suite's budget)",
-        lambda budget: {
-            "generations": max(1, budget["generations"] // 2),
-            "sgd": {"epochs": 2 * budget["sgd"]["epochs"]},
-        },
+        _longer_epochs,
     ),
-    "lr not annealed": ("the lr range stays as it is (×1 → ×1)", {"sgd": {"lr_anneal": {"start": 1.0}}}),
+    "σ relative ×10": (
+        "σ 0.1 → 0.01 times each tensor's RMS (evolution.sigma_scale: rms): about the paper's σ on weights of RMS 0.1",
+        {"evolution": {"sigma_scale": "rms", "sigma": {"start": 0.1, "end": 0.01}}},
+    ),
+    "fitness on the training set": (
+        "fitness (back-off and selection) measured on the training set, the paper's CIFAR-10 choice",
+        TRAIN_FITNESS,
+    ),
+    "lr not annealed": ("the lr range stays as it is (×1 → ×1)", CONSTANT_LR),
+    "hparams kept": (
+        "an individual keeps the optimizer and hyper-parameters it trained with (sgd.hparams: keep)",
+        KEEP,
+    ),
+    "optimizer state carried": (
+        "an individual that keeps its optimizer family keeps its optimizer state (sgd.optimizer_state: carry)",
+        CARRY,
+    ),
+    "lr not annealed + hparams kept": ("the knobs named, together", results.merge(CONSTANT_LR, KEEP)),
+    "lr not annealed + Ks × 2 and K / 2": (
+        "the knobs named, together",
+        lambda budget: results.merge(CONSTANT_LR, _longer_epochs(budget)),
+    ),
+    "lr not annealed + hparams kept + state carried": ("the knobs named, together", _combine(CONSTANT_LR, KEEP, CARRY)),
+    "lr not annealed + hparams kept + σ ×10": ("the knobs named, together", _combine(CONSTANT_LR, KEEP, SIGMA_X10)),
+    "lr not annealed + hparams kept + σ ×10 + state carried": (
+        "the knobs named, together",
+        _combine(CONSTANT_LR, KEEP, SIGMA_X10, CARRY),
+    ),
+    "lr not annealed + hparams kept + σ ×10 + fitness on the training set": (
+        "the knobs named, together",
+        _combine(CONSTANT_LR, KEEP, SIGMA_X10, TRAIN_FITNESS),
+    ),
+    "lr not annealed + hparams kept + σ ×10 + state carried + fitness on the training set": (
+        "the knobs named, together",
+        _combine(CONSTANT_LR, KEEP, SIGMA_X10, CARRY, TRAIN_FITNESS),
+    ),
+    "lr not annealed + hparams kept + σ ×10 + m = µ": (
+        "the knobs named, together",
+        lambda budget: _combine(CONSTANT_LR, KEEP, SIGMA_X10, _elite_all(budget)),
+    ),
 }
-DEFAULT = "default"
+REFERENCE = "paper"
+DEFAULTS = "lr not annealed + hparams kept"
+"""The variant that the spec's defaults are (the suite's ESGD runs are its runs; a test holds them together)."""
 BASELINES = ("population", "pbt")
 
 
 def jobs(variants, tasks, seeds, profile) -> list[dict]:
-    """The runs: every variant in mode esgd, and the baselines, for every task and seed."""
-    out = []
+    """The runs: every variant in mode esgd, and the baselines, for every task and seed, all from the
+    paper's settings at the profile's budget."""
+    base, out = results.merge(profile["budget"], PAPER), []
     for task in tasks:
         for seed in seeds:
             for name in variants:
                 changes = VARIANTS[name][1]
-                budget = results.merge(profile["budget"], changes(profile["budget"]) if callable(changes) else changes)
+                budget = results.merge(base, changes(profile["budget"]) if callable(changes) else changes)
                 out += [{**j, "mode": name} for j in results.jobs_for(task, seed, "esgd", budget, 1)]
             for mode in BASELINES:
-                out += results.jobs_for(task, seed, mode, profile["budget"], 1)
+                out += results.jobs_for(task, seed, mode, base, 1)
     return out
 
 
@@ -85,55 +161,62 @@ def write(out: Path, entries: dict[tuple, dict], variants, tasks, context: dict)
     lines = [
         "# ESGD's knobs, measured",
         "",
-        f"Generated by `{context['command']}` on {time.strftime('%Y-%m-%d')} ({context['elapsed_s'] / 60:.1f} min; "
-        f"{context['jobs']} job(s) at once). Do not edit by hand: run the command again.",
+        f"Generated by `{context['command']}` on {time.strftime('%Y-%m-%d')}: {context['runs']} runs whose measured "
+        f"wall times add up to {context['run_s'] / 60:.1f} min, {context['jobs']} at once; this invocation took "
+        f"{context['elapsed_s'] / 60:.1f} min (runs finished by an earlier one are read back from the store). "
+        "Do not edit by hand: run the command again.",
         "",
         f"Tasks: {', '.join(tasks)}; seeds {', '.join(map(str, context['seeds']))}; the budget of "
         "[RESULTS.md](RESULTS.md) (µ = 8, λ = 8, K × Ks = 50 individual-epochs per individual). Each row is ESGD "
-        "with the change named, against the default ESGD, the population baseline and PBT of the same task and "
+        "with the paper's settings and the change named, against ESGD with the paper's settings, the population "
+        "baseline and PBT of the same task and "
         "seed: wins/ties/losses over task×seed pairs (tie: relative difference below 1e-3), the median "
         "relative difference of the score (negative: the variant is better), and the two-sided Wilcoxon "
         "p-value on the relative differences. The score is the suite's: the winner's loss on the task's test "
         "set, never trained or selected on.",
         "",
-        "| variant | what | vs default ESGD: W/T/L, median, p | vs population: W/T/L, p | vs PBT: W/T/L, p |",
+        "| variant | what | vs the paper's settings: W/T/L, median, p | vs population: W/T/L, p | vs PBT: W/T/L, p |",
         "|---|---|---|---|---|",
     ]
     for name in variants:
         cells = []
-        for rival in (DEFAULT, *BASELINES):
+        for rival in (REFERENCE, *BASELINES):
             if rival == name:
                 cells.append("—")
                 continue
             v = compare(entries, name, rival)
-            median = f", {v['median']:+.3f}" if rival == DEFAULT else ""
+            median = f", {v['median']:+.3f}" if rival == REFERENCE else ""
             cells.append(f"{v['wins']}/{v['ties']}/{v['losses']}{median}, p {_p(v['p_two'])}")
-        lines.append(f"| {name} | {VARIANTS[name][0]} | {' | '.join(cells)} |")
+        what = VARIANTS[name][0] + (": **the spec's defaults**" if name == DEFAULTS else "")
+        lines.append(f"| {name} | {what} | {' | '.join(cells)} |")
     lines += ["", *verdict(entries, variants), "", "## Mean test loss per task (± std over seeds)", ""]
-    columns = [*variants, *BASELINES]
-    lines += ["| task | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for task in tasks:
-        row = []
-        for c in columns:
-            e = table.get((task, c))
-            row.append("-" if e is None else f"{e['mean']:.4f} ± {e['std']:.4f}")
-        best = min((table[task, c]["mean"], c) for c in columns if (task, c) in table)[1]
-        lines.append(f"| {task} | " + " | ".join(f"**{v}**" if c == best else v for c, v in zip(columns, row)) + " |")
-    ranks = {name: statistics.fmean(_rank(table, task, name, columns) for task in tasks) for name in columns}
-    ranked = ", ".join(f"{name} {rank:.1f}" for name, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
-    lines += ["", f"Mean rank over the tasks (1 = best of these columns): {ranked}."]
+    lines += [
+        "Bold: the best of the column. Rank: the mean over the tasks of the row's rank in each column (1 = best).",
+        "",
+    ]
+    rows = [*variants, *BASELINES]
+    best = {task: min((table[task, r]["mean"], r) for r in rows if (task, r) in table)[1] for task in tasks}
+    lines += ["| | " + " | ".join(tasks) + " | rank |", "|---|" + "---|" * (len(tasks) + 1)]
+    for name in rows:
+        cells = []
+        for task in tasks:
+            e = table.get((task, name))
+            cell = "-" if e is None else f"{e['mean']:.4f} ± {e['std']:.4f}"
+            cells.append(f"**{cell}**" if best[task] == name else cell)
+        rank = statistics.fmean(_rank(table, task, name, rows) for task in tasks)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {rank:.1f} |")
     out.write_text("\n".join(lines) + "\n")
 
 
 def verdict(entries: dict[tuple, dict], variants) -> list[str]:
-    """What the table says, in words: the variants better or worse than the default at 5 % (two-sided
+    """What the table says, in words: the variants better or worse than the paper's settings at 5 % (two-sided
     Wilcoxon), and how the better ones fare against population and PBT."""
-    tests = {name: compare(entries, name, DEFAULT) for name in variants if name != DEFAULT}
+    tests = {name: compare(entries, name, REFERENCE) for name in variants if name != REFERENCE}
     better = [n for n, t in tests.items() if t["p_two"] is not None and t["p_two"] < 0.05 and t["median"] < 0]
     worse = [n for n, t in tests.items() if t["p_two"] is not None and t["p_two"] < 0.05 and t["median"] > 0]
     lines = [
-        f"**Better than the default at 5 %**: {', '.join(better) or 'none'}. "
-        f"**Worse at 5 %**: {', '.join(worse) or 'none'}. The others differ from the default by no more than "
+        f"**Better than the paper's settings at 5 %**: {', '.join(better) or 'none'}. "
+        f"**Worse at 5 %**: {', '.join(worse) or 'none'}. The others differ from them by no more than "
         "the seeds do."
     ]
     for name in better:
@@ -164,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
 def study(args, argv) -> int:
     profile = results.QUICK if args.quick else results.FULL
     variants = results._names(args.variants, VARIANTS, "variants") if args.variants else tuple(VARIANTS)
-    if DEFAULT not in variants:
-        raise InputError(f"--variants: must include {DEFAULT!r} (every variant is compared with it)")
+    if REFERENCE not in variants:
+        raise InputError(f"--variants: must include {REFERENCE!r} (every variant is compared with it)")
     out = Path(args.out)
     if out.is_dir() or not out.parent.is_dir():
         raise InputError(f"--out: {out} must be a file in an existing folder")
@@ -174,10 +257,16 @@ def study(args, argv) -> int:
     print(f"knobs.py: {len(todo)} runs ({len(variants)} variants and {len(BASELINES)} baselines)", file=sys.stderr)
     began = time.perf_counter()
     records = results.run_all(todo, args.store, None, max(1, args.jobs), 1)
-    records = [{**r, "mode": job["mode"]} for r, job in zip(records, todo)]  # the default is the suite's esgd run
     entries = stats.collapse(records)
     command = shlex.join(["python", "bench/knobs.py", *(sys.argv[1:] if argv is None else argv)])
-    context = {"command": command, "elapsed_s": time.perf_counter() - began, "jobs": args.jobs, "seeds": list(seeds)}
+    context = {
+        "command": command,
+        "elapsed_s": time.perf_counter() - began,
+        "runs": len({r["run"] for r in records}),
+        "run_s": sum({r["run"]: r["wall_s"] for r in records}.values()),
+        "jobs": args.jobs,
+        "seeds": list(seeds),
+    }
     write(out, entries, variants, list(tasks), context)
     print(out)
     return 0

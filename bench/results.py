@@ -73,7 +73,7 @@ TASKS = {
 MODES = {
     "esgd": "ESGD: SGD step with back-off, then recombination, mutation and m-elitist selection",
     "population": "µ models, hyper-parameters drawn once, no interaction",
-    "no-evolution": "ESGD without the evolution step (hyper-parameters redrawn and annealed)",
+    "no-evolution": "ESGD without the evolution step (with the default `sgd.hparams: keep`, the population baseline)",
     "single": "one model, the spec's fixed optimizer, lr halved at every back-off",
     "tuned-single": "the best of `single` runs over an lr grid per optimizer family (cost: the whole grid)",
     "pbt": "Population Based Training (the engine's `pbt` mode)",
@@ -184,7 +184,8 @@ def run_job(job: dict, store_uri: str | None, device: str | None) -> dict:
 
 
 def finished(store, job: dict) -> dict | None:
-    """The stored result of a job's run, if an earlier invocation finished it (None: run it)."""
+    """The stored result of a job's run, if an earlier invocation finished it (None: run it),
+    labelled as the job is (the knob study's runs and the suite's share the runs they have in common)."""
     key = f"{STATE}/{run_id(job)}.json"
     if not store.exists(key):
         return None
@@ -196,7 +197,7 @@ def finished(store, job: dict) -> dict | None:
         return None
     for key in ("best", "fitness"):  # a diverged run: stored as null
         record[key] = math.inf if record[key] is None else record[key]
-    return record
+    return {**record, **{k: job[k] for k in ("task", "seed", "mode", "point")}}
 
 
 def _start_worker(threads: int, device: str | None) -> None:

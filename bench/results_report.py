@@ -111,6 +111,13 @@ def settings(spec, mode: str) -> str:
     return " (its defaults: " + ", ".join(f"{k} {v}" for k, v in section.model_dump(mode="json").items()) + ")"
 
 
+def _schedule(schedule) -> str:
+    """A schedule in words: its value, or where it starts and ends and how."""
+    if schedule.end is None or schedule.kind == "constant":
+        return f"{schedule.start:g} (constant)"
+    return f"{schedule.start:g} → {schedule.end:g} ({schedule.kind})"
+
+
 def setup_section(context: dict) -> list[str]:
     from esgd.worker.task import load_task
 
@@ -123,8 +130,10 @@ def setup_section(context: dict) -> list[str]:
         "",
         f"- **Budget** (the spec's recommended defaults, only K set): K = {spec.generations} generations of "
         f"Ks = {s.epochs} epoch(s); µ = {p.mu}, λ = {p.offspring}, ρ = {p.rho}, m = {p.m}; optimizer pool {pool}; "
-        f"lr annealed ×{s.lr_anneal.start:g} → ×{s.lr_anneal.end:g}, σ {spec.evolution.sigma.start:g} → "
-        f"{spec.evolution.sigma.end:g}; strict back-off. Every mode runs the same spec and seed, only `mode` differs.",
+        f"lr range ×{_schedule(s.lr_anneal)}, hyper-parameters `{s.hparams}`, optimizer state `{s.optimizer_state}`, "
+        f"σ {_schedule(spec.evolution.sigma)} ({spec.evolution.sigma_scale}); strict back-off (the paper's settings "
+        "differ in the lr range, annealed ×1 → ×0.1, and in hyper-parameters redrawn every generation: "
+        "docs/method.md). Every mode runs the same spec and seed, only `mode` differs.",
         f"- **Equal per-individual budget**: every individual trains K × Ks = {spec.generations * s.epochs} epochs in "
         f"every mode. A population mode trains µ = {p.mu} individuals ({p.mu * spec.generations * s.epochs} "
         f"individual-epochs), `single` one, `tuned-single` {grid} ({context['tune']} learning rates per family, "

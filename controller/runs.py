@@ -20,7 +20,7 @@ from esgd.controller.driver import committed_generations
 from esgd.core import keys
 from esgd.core.errors import InputError
 from esgd.core.records import ExtensionRecord, encode
-from esgd.core.spec import RunSpec, SpecError, dump_spec
+from esgd.core.spec import RunSpec, SpecError, dump_spec, identity_text
 from esgd.store.base import Store
 from esgd.store.history import merge as merge_history
 from esgd.store.lock import held
@@ -40,7 +40,7 @@ works for the command used."""
 
 def default_run_id(spec: RunSpec) -> str:
     """Name plus a hash of the spec, so running the same spec again resumes the same run."""
-    return f"{spec.name}-{hashlib.sha256(dump_spec(spec).encode()).hexdigest()[:8]}"
+    return f"{spec.name}-{hashlib.sha256(identity_text(spec).encode()).hexdigest()[:8]}"
 
 
 def _differences(a: RunSpec, b: RunSpec) -> list[str]:

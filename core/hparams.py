@@ -68,7 +68,8 @@ def draw(spec: RunSpec, generation: int, member: str) -> HParams:
 
 def for_generation(spec: RunSpec, generation: int, member: str, previous: HParams | None) -> HParams:
     """Hyper-parameters of `member` in `generation`, by mode:
-    esgd and no-evolution draw afresh every generation; population draws once (generation 0's
+    esgd and no-evolution draw afresh every generation (with sgd.hparams: keep, a member that
+    trained keeps `previous`, and only an offspring draws); population draws once (generation 0's
     draw, kept); single keeps its fixed optimizer and carries its (halved) lr from `previous`; pbt
     draws in generation 0, then keeps `previous`: what the member trained with, or for a copy made
     by the last select the donor's, explored (esgd.core.pbt)."""
@@ -76,6 +77,6 @@ def for_generation(spec: RunSpec, generation: int, member: str, previous: HParam
         return previous or fixed(spec.single)
     if spec.mode == "population":
         return draw(spec, 0, member)
-    if spec.mode == "pbt":
+    if spec.mode == "pbt" or spec.sgd.hparams == "keep":
         return previous or draw(spec, generation, member)
     return draw(spec, generation, member)

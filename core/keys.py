@@ -5,6 +5,7 @@ runs/<run>/init/reference.json                         reference model record (o
 runs/<run>/gen-<k>/parents.parquet                     parents manifest of generation k
 runs/<run>/gen-<k>/train/<member>.json                 train result record (commit marker)
 runs/<run>/gen-<k>/train/<member>.<attempt>.arrow      trained checkpoint of that attempt
+runs/<run>/gen-<k>/train/<member>.optimizer.<attempt>.arrow   its optimizer state (sgd.optimizer_state: carry)
 runs/<run>/gen-<k>/round-<r>/offspring/<id>.json       offspring record (recombination, commit marker)
 runs/<run>/gen-<k>/round-<r>/offspring/<id>.<attempt>.arrow
 runs/<run>/gen-<k>/round-<r>/fitness/<id>.json         offspring fitness (commit marker)
@@ -69,6 +70,12 @@ def checkpoint(record: str, attempt: str) -> str:
     <record without .json>.<attempt>.arrow (no folder per member: on a local disk each new folder
     costs as much as a small checkpoint's write)."""
     return f"{record.removesuffix('.json')}.{attempt}.arrow"
+
+
+def optimizer_state(record: str, attempt: str) -> str:
+    """The optimizer state one attempt writes (sgd.optimizer_state: carry), next to its checkpoint:
+    <record without .json>.optimizer.<attempt>.arrow (a checkpoint of the record's kind to keys.kind)."""
+    return f"{record.removesuffix('.json')}.optimizer.{attempt}.arrow"
 
 
 def round_(run_id: str, generation: int, rnd: int) -> str:

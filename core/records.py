@@ -16,9 +16,9 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cache
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from esgd.core import keys
 from esgd.core.errors import InputError
@@ -90,6 +90,10 @@ class TrainRecord:
     backoffs: int
     epochs: int
     epoch_fitness: tuple[float, ...]
+    # Absent from the JSON when None, so that records of runs without it keep their bytes.
+    optimizer_state: Annotated[BlobRef | None, Field(exclude_if=lambda ref: ref is None)] = None
+    """The optimizer state it ended with (sgd.optimizer_state: carry; esgd.worker.optimizers.State),
+    a checkpoint blob its next generation's training starts from; None with reset."""
 
 
 @dataclass(frozen=True)

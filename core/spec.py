@@ -206,10 +206,22 @@ class SGDSpec(_Model):
         default_factory=lambda: [32, 64, 128], min_length=1
     )
     """Mini-batch sizes to draw from uniformly (each at most 2**20)."""
-    lr_anneal: Schedule = Schedule(start=1.0, end=0.1, kind="exponential")
-    """Factor applied to every lr range per generation (the lr range shrinks over generations)."""
+    lr_anneal: Schedule = Schedule(start=1.0)
+    """Factor applied to every lr range per generation. Default constant 1 (measured better than the
+    paper's 1.0 → 0.1 exponential, which shrinks the range over the generations: docs/KNOBS.md)."""
     backoff: float = Field(default=1.0, ge=0, le=1)
     """p_backoff: probability of returning to the previous epoch's weights when fitness got worse (1: strict)."""
+    hparams: Literal["redraw", "keep"] = "keep"
+    """Hyper-parameters in the esgd and no-evolution modes: keep (the default: an individual that trained
+    keeps what it trained with, optimizer family included; an offspring draws afresh, with its
+    generation's lr_anneal factor) or redraw (the paper's: every individual draws its optimizer and
+    hyper-parameters afresh each generation). The other modes have their own rule (see `mode`)."""
+    optimizer_state: Literal["reset", "carry"] = "reset"
+    """Optimizer state between generations: reset (the paper's and the default: a fresh optimizer every
+    generation) or carry (an individual that trained in the previous generation with the same optimizer
+    family starts from the optimizer state it ended with: momentum buffers, Adam's and AdamW's moments
+    and step count, RMSprop's averages; an offspring, a PBT copy, a family change and fine-tuning start
+    fresh). Carrying measured no better on the benchmark suite (docs/KNOBS.md)."""
 
 
 class EvolutionSpec(_Model):
@@ -219,6 +231,10 @@ class EvolutionSpec(_Model):
     """Kv: evolution rounds per generation (at most 10,000)."""
     sigma: Schedule = Schedule(start=0.01, end=0.001, kind="exponential")
     """σ_k: std of the Gaussian mutation added to the mean of the ρ parents."""
+    sigma_scale: Literal["absolute", "rms"] = "absolute"
+    """absolute: σ_k is the noise's std on every parameter (the paper's); rms: on each tensor it is σ_k
+    times the tensor's root mean square in the fittest parent, so layers of small weights are not
+    swamped and layers of large ones still move (a tensor of zeros gets no noise)."""
     roulette_floor: float = Field(default=0.05, ge=0)
     """Weight of the worst individual on the roulette wheel, as a share of the pool's loss spread."""
     # The operators are written into a spec's dump (the frozen spec, the run id's hash) only when they
@@ -565,6 +581,33 @@ def read_spec(path: str, overrides: list[str] | None = None) -> RunSpec:
 
 def dump_spec(spec: RunSpec) -> str:
     return yaml.dump(spec.model_dump(mode="json"), Dumper=_NoAliasDumper, sort_keys=False)
+
+
+ADDED = {("sgd", "hparams"): "redraw", ("sgd", "optimizer_state"): "reset", ("evolution", "sigma_scale"): "absolute"}
+"""Fields added after runs existed, with the value that every run made before them had (the paper's).
+A spec holding that value is hashed without the field (identity_text), so its run id is the one it
+had; a frozen spec without the field has that value (load_frozen), so an older run resumes as made."""
+
+
+def identity_text(spec: RunSpec) -> str:
+    """The text a run id hashes: the dump, less the ADDED fields that hold their older runs' value."""
+    data = spec.model_dump(mode="json")
+    for (section, name), old in ADDED.items():
+        if data[section][name] == old:
+            del data[section][name]
+    return yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=False)
+
+
+def load_frozen(text: str, where: str) -> RunSpec:
+    """A run's frozen spec (a dump): load_spec, where an ADDED field that is absent (the spec was
+    frozen before the field existed) takes its older runs' value, not today's default."""
+    data = load_yaml(text, where)
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping at the top level")
+    for (section, name), old in ADDED.items():
+        if isinstance(data.get(section), dict):
+            data[section].setdefault(name, old)
+    return parse_spec(data)
 
 
 def json_schema() -> dict:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from esgd.core import keys
 from esgd.core.records import CHECKSUM as CHECKSUM_FIELD
 from esgd.core.records import Damaged
-from esgd.core.spec import RunSpec, SpecError, load_spec
+from esgd.core.spec import RunSpec, SpecError, load_frozen
 from esgd.store.base import NotFound, Store, damaged
 from esgd.store.uri import open_run, run_uri
 
@@ -57,7 +57,7 @@ def frozen_spec(store: Store, run_id: str) -> RunSpec:
         if hashlib.sha256(rest.encode()).hexdigest() != line.removeprefix(CHECKSUM).strip():
             raise damaged(store, Damaged(key, "checksum mismatch: altered since the run was created"))
         try:
-            return load_spec(rest, where=key)
+            return load_frozen(rest, where=key)
         except SpecError as error:  # intact, so written by a version whose specs this one cannot read
             raise SpecError(f"the run's frozen spec {key} does not load with this version of esgd: {error}") from None
     if not "".join(lines[header:]).strip():  # a spec is never written empty: torn
@@ -65,7 +65,7 @@ def frozen_spec(store: Store, run_id: str) -> RunSpec:
     if _checksummed(store, run_id):  # the run's records have checksums: so had its spec
         raise damaged(store, Damaged(key, "its checksum line is missing: torn or altered"))
     try:
-        return load_spec(text, where=key)
+        return load_frozen(text, where=key)
     except SpecError as error:  # no checksum (an older run): damaged, or of another version
         raise damaged(store, Damaged(key, f"it does not load as a spec: {error}")) from None
 

@@ -74,3 +74,16 @@ def execute(run: Run) -> None:
 def all_steps(spec, pack: int, shard: int = 2) -> list[Step]:
     """Every step of the plan, in order."""
     return [step for phase in phases(spec, pack, shard) for step in phase.steps()]
+
+
+def dies_after_commits(store, count: int) -> None:
+    """Make store.commit raise KeyboardInterrupt after `count` commits: a step killed between two commits."""
+    commit, calls = store.commit, []
+
+    def dies(key, record):
+        if len(calls) == count:
+            raise KeyboardInterrupt("killed")
+        calls.append(key)
+        return commit(key, record)
+
+    store.commit = dies

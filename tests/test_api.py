@@ -73,6 +73,13 @@ def test_running_again_resumes_and_a_changed_spec_is_refused(finished):
         esgd.run({**SPEC, "seed": 99}, store=str(store), run_id="api", progress=lines.append)
 
 
+def test_progress_none_is_silent(finished, capsys):
+    run, _, store = finished
+    capsys.readouterr()
+    assert esgd.run(SPEC, store=str(store), run_id="api", progress=None).uri == run.uri
+    assert capsys.readouterr() == ("", "")
+
+
 def test_specs_are_built_in_python_and_validated():
     spec = esgd.Spec(name="py", task="esgd.worker.tasks.digits:task", generations=3)
     assert spec.generations == 3 and spec.mode == "esgd"

@@ -16,7 +16,7 @@ from esgd.worker import steps
 from esgd.worker.run import Run
 from esgd.worker.transfers import Transfers
 
-from helpers import all_steps, execute, history, run_cli, start, tiny, write_spec
+from helpers import all_steps, dies_after_commits, execute, history, run_cli, start, tiny, write_spec
 
 
 def test_end_to_end_run_and_report(store_uri, tmp_path, capsys):
@@ -117,15 +117,7 @@ def test_a_train_step_that_died_between_two_commits_completes_identically(store_
     execute(reference)
     run = start(store_uri, data, "died")
     steps.run(run, Step("init"))
-    commit, calls = run.store.commit, []
-
-    def dies_after_two_commits(key, record):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        calls.append(key)
-        return commit(key, record)
-
-    run.store.commit = dies_after_two_commits
+    dies_after_commits(run.store, 2)
     with pytest.raises(KeyboardInterrupt):
         steps.run(run, Step("train", 0, members=(0, 4)))
     assert len(run.store.list(f"{keys.gen(run.id, 0)}/train")) > 2  # two records and some checkpoints
@@ -166,13 +158,16 @@ def test_population_mode_keeps_each_individuals_hyper_parameters(store_uri):
     assert len(by_member) == 4 and all(len(v) == 1 for v in by_member.values())
 
 
-def test_no_evolution_mode_redraws_and_never_recombines(store_uri):
-    run = start(store_uri, tiny(mode="no-evolution"), "noevo")
+@pytest.mark.parametrize("hparams, draws", [("redraw", 3), ("keep", 1)])
+def test_no_evolution_mode_never_recombines_and_draws_as_esgd_does(store_uri, hparams, draws):
+    """ESGD without the evolution step: hyper-parameters redrawn every generation (the paper's) or
+    kept (the default, which makes it the population baseline)."""
+    run = start(store_uri, tiny(mode="no-evolution", sgd={"hparams": hparams}), f"noevo-{hparams}")
     execute(run)
     rows = history(run.uri)
     assert all(r["role"] == "parent" for r in rows) and len({r["member"] for r in rows}) == 4
     lrs = [r["lr"] for r in rows if r["member"] == "init-000"]
-    assert len(set(lrs)) == 3
+    assert len(set(lrs)) == draws
 
 
 def test_single_mode_trains_one_model_and_halves_its_lr(store_uri):

@@ -8,14 +8,15 @@ import torch
 
 from esgd.core.rng import generator
 from esgd.store import checkpoint
-from esgd.worker.evolve import recombine_chunks
+from esgd.worker.evolve import recombine_chunks, tensor_rms
 from esgd.worker.tasks.mlp import mlp
 from esgd.worker.weights import to_checkpoint
 
 
-def recombine(parents: list[bytes], sigma: float, seed: tuple) -> bytes:
+def recombine(parents: list[bytes], sigma: float, seed: tuple, scales=None) -> bytes:
     """The offspring checkpoint of parents given as bytes (the step streams them from the store)."""
-    return b"".join(checkpoint.encode_stream(*recombine_chunks([io.BytesIO(p) for p in parents], sigma, seed)))
+    streams = [io.BytesIO(p) for p in parents]
+    return b"".join(checkpoint.encode_stream(*recombine_chunks(streams, sigma, seed, scales)))
 
 
 def param_mask(layout: checkpoint.Layout) -> np.ndarray:
@@ -59,6 +60,34 @@ def test_mutation_has_std_sigma_on_parameters_only():
     assert noise[mask].std() == pytest.approx(sigma, rel=0.03)
     assert abs(noise[mask].mean()) < 3 * sigma / np.sqrt(mask.sum())
     assert np.abs(noise[~mask]).max() < 1e-6  # buffers averaged, never mutated
+
+
+def test_tensor_rms_is_each_entrys_root_mean_square_whatever_the_chunks(monkeypatch):
+    data, vector = _parent(0)
+    layout = checkpoint.decode(data)[0]
+    expected = [np.sqrt(np.mean(vector[e.offset : e.offset + e.numel].astype(np.float64) ** 2)) for e in layout.entries]
+    assert tensor_rms(io.BytesIO(data)) == pytest.approx(expected, rel=1e-12)
+    monkeypatch.setattr(checkpoint, "CHUNK", 7)  # entries split across many chunks
+    assert tensor_rms(io.BytesIO(checkpoint.encode(layout, vector))) == pytest.approx(expected, rel=1e-12)
+
+
+def test_relative_mutation_has_std_sigma_times_each_tensors_scale():
+    """evolution.sigma_scale: rms: the noise on each parameter tensor has std σ·scale (the step
+    passes the fittest parent's RMS per tensor); buffers stay unmutated; scale 1 everywhere is the
+    absolute mutation, bit for bit."""
+    parents = [_parent(s)[0] for s in range(2)]
+    layout = checkpoint.decode(parents[0])[0]
+    scales = [0.5 + index for index in range(len(layout.entries))]
+    sigma, seed = 0.05, (1, 2, "c")
+    child = checkpoint.decode(recombine(parents, sigma, seed, scales))[1].astype(np.float64)
+    mean = checkpoint.decode(recombine(parents, 0.0, seed))[1].astype(np.float64)
+    for e, scale in zip(layout.entries, scales):
+        noise = (child - mean)[e.offset : e.offset + e.numel]
+        if e.kind != "param":
+            assert np.abs(noise).max() < 1e-6
+        elif e.numel >= 1000:  # enough values to measure a std
+            assert noise.std() == pytest.approx(sigma * scale, rel=0.1)
+    assert recombine(parents, sigma, seed, [1.0] * len(scales)) == recombine(parents, sigma, seed)
 
 
 def test_offspring_bits_are_the_float64_mean_plus_masked_noise():

@@ -36,7 +36,12 @@ from helpers import all_steps, history, merge, run_cli, small, start, write_spec
 
 RUN = "ext"
 BEFORE, AFTER = 2, 4
-DATA = small(generations=BEFORE, finetune={"epochs": 1})  # annealed lr range and σ (the defaults)
+# annealed lr range and σ, hyper-parameters redrawn every generation (the paper's settings)
+DATA = small(
+    generations=BEFORE,
+    finetune={"epochs": 1},
+    sgd={"lr_anneal": {"start": 1.0, "end": 0.1}, "hparams": "redraw"},
+)
 
 
 def extended(data: dict, generations: int) -> dict:

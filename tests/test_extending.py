@@ -114,6 +114,9 @@ def test_a_new_optimizer_family_is_known_to_specs_runs_and_reports(lion, tmp_pat
     assert {r["optimizer"] for r in rows} == {"lion", "adam"}
     row = next(r for r in rows if r["optimizer"] == "lion")
     assert "betas (" in hp_text(row) and "momentum" not in hp_text(row)  # what the family reads
+    carry = {**spec, "name": "lion-carry", "sgd": {**spec["sgd"], "optimizer_state": "carry"}}
+    with pytest.raises(SpecError, match="family 'lion' does not say how its state is carried"):
+        execute(start(str(tmp_path), carry, "lion-carry"))  # Lion has no torch_state: refused at init
     optimizers.unregister("lion")
     with pytest.raises(SpecError, match="unknown optimizer family 'lion'"):
         parse_spec(spec)

@@ -54,6 +54,15 @@ def test_modes_choose_hyper_parameters_as_the_paper_says():
     assert hparams.for_generation(single, 1, "m", first.with_lr(0.1)).lr == 0.1
 
 
+def test_kept_hyper_parameters_stay_with_a_member_and_only_offspring_draw():
+    keep = parse_spec({})  # the default
+    trained = hparams.for_generation(keep, 0, "m", None)
+    assert hparams.for_generation(keep, 7, "m", trained) == trained  # a member that trained keeps them
+    assert hparams.for_generation(keep, 7, "child", None) == hparams.draw(keep, 7, "child")  # an offspring draws
+    redraw = parse_spec({"sgd": {"hparams": "redraw"}})
+    assert hparams.for_generation(redraw, 7, "m", trained) == hparams.draw(redraw, 7, "m") != trained
+
+
 def test_every_optimizer_family_gets_drawn():
     spec = parse_spec({})
     seen = {hparams.draw(spec, 0, f"m{i}").optimizer for i in range(60)}

@@ -69,12 +69,37 @@ def test_hyper_parameters_and_families_are_named_alike_everywhere():
     assert set(IMPLEMENTATIONS) == set(FAMILIES) == {"sgd", "nesterov", "adam", "adamw", "rmsprop"}
 
 
+def test_fields_added_later_keep_older_runs_ids_and_frozen_specs():
+    """sgd.hparams, sgd.optimizer_state and evolution.sigma_scale came after runs existed: a spec
+    holding the value those runs had hashes to the id it had (the field left out of the hash), and
+    a frozen spec without the field loads with that value, whatever today's default is; every dump
+    names the field, so a frozen spec loads back as it was."""
+    from esgd.core.spec import ADDED, dump_spec, identity_text, load_frozen, parse_spec
+
+    older = parse_spec(
+        {"sgd": {"hparams": "redraw", "optimizer_state": "reset"}, "evolution": {"sigma_scale": "absolute"}}
+    )
+    chosen = parse_spec({"sgd": {"hparams": "keep", "optimizer_state": "carry"}, "evolution": {"sigma_scale": "rms"}})
+    for section, name in ADDED:
+        assert f"{name}:" not in identity_text(older) and f"{name}:" in dump_spec(older)
+        assert f"{name}: {getattr(getattr(chosen, section), name)}" in identity_text(chosen)
+    assert load_frozen(dump_spec(older), "spec.yaml") == older and load_frozen(dump_spec(chosen), "x") == chosen
+    assert load_frozen(identity_text(older), "spec.yaml") == older  # frozen before the fields existed
+
+
 def test_the_default_run_id_of_a_spec_does_not_change():
     """`esgd run SPEC` resumes the run of the same spec by its default id (name plus a hash of the
-    resolved spec): a new spec field must not change the ids of specs that do not use it."""
+    resolved spec): a new spec field must not change the ids of specs that do not use it. digits.yaml
+    as it was before sgd.hparams existed (the paper's lr annealing, redrawn hyper-parameters) keeps
+    its id; today's digits.yaml is another spec."""
     from esgd.controller.runs import default_run_id
     from esgd.core.spec import read_spec
 
-    assert default_run_id(read_spec(str(ROOT / "examples" / "digits.yaml"))) == "digits-b0ef55a4"
-    chosen = read_spec(str(ROOT / "examples" / "digits.yaml"), ["evolution.parents=roulette"])
-    assert default_run_id(chosen) == "digits-b0ef55a4"  # the default, named: the same spec
+    digits = str(ROOT / "examples" / "digits.yaml")
+    assert default_run_id(read_spec(digits)) == "digits-9fbb72f8"
+    before = ["sgd.lr_anneal.end=0.2", "sgd.hparams=redraw"]
+    assert default_run_id(read_spec(digits, before)) == "digits-b0ef55a4"
+    named = ["evolution.parents=roulette", "sgd.optimizer_state=reset", "evolution.sigma_scale=absolute"]
+    assert default_run_id(read_spec(digits, [*before, *named])) == "digits-b0ef55a4"  # defaults, named
+    for change in ("sgd.hparams=keep", "sgd.optimizer_state=carry", "evolution.sigma_scale=rms"):  # choices
+        assert default_run_id(read_spec(digits, [*before, change])) != "digits-b0ef55a4"

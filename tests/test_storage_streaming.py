@@ -126,3 +126,6 @@ def test_streamed_recombination_equals_in_memory_recombination(tmp_path, monkeyp
         refs.append(store.put(f"p{i}.arrow", data[-1]))
     streamed = b"".join(ops.recombine_stream(store, refs, sigma, (1, 0, "child")))
     assert streamed == recombine(data, sigma, (1, 0, "child"))
+    relative = b"".join(ops.recombine_stream(store, refs, sigma, (1, 0, "child"), relative=True))
+    scales = ops.tensor_rms(io.BytesIO(data[0]))  # the fittest parent's (the first)
+    assert relative == recombine(data, sigma, (1, 0, "child"), scales)

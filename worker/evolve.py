@@ -1,10 +1,11 @@
 """Recombination and mutation, on flat parameter vectors, chunk by chunk (numpy only, no torch).
 
 An offspring is the mean of its ρ parents (intermediate recombination) plus N(0, σ²) noise on
-every parameter. Buffers: floating-point buffers (BatchNorm running mean and variance) are the
-parents' mean, without noise, so the statistics still describe the averaged weights' activations
-approximately; integer buffers (num_batches_tracked) are copied from the fittest parent, never
-averaged or mutated.
+every parameter (with evolution.sigma_scale: rms, N(0, (σ·r)²) on each tensor, r its root mean
+square in the fittest parent). Buffers: floating-point buffers (BatchNorm running mean and
+variance) are the parents' mean, without noise, so the statistics still describe the averaged
+weights' activations approximately; integer buffers (num_batches_tracked) are copied from the
+fittest parent, never averaged or mutated.
 """
 
 from collections.abc import Iterator
@@ -20,11 +21,13 @@ from esgd.store.blobs import Blobs
 from esgd.store.checkpoint import Layout
 
 
-def recombine_chunks(parents: list[BinaryIO], sigma: float, noise_seed: tuple) -> tuple[Layout, Iterator[np.ndarray]]:
+def recombine_chunks(
+    parents: list[BinaryIO], sigma: float, noise_seed: tuple, scales: list[float] | None = None
+) -> tuple[Layout, Iterator[np.ndarray]]:
     """Stream the offspring's vector. `parents` are checkpoints as readable binary streams, fittest
     first, of one layout; memory holds one chunk per parent at a time. The noise of chunk i comes
     from its own generator (noise_seed + ("mutation", i)), so it does not depend on how many
-    chunks are read at once."""
+    chunks are read at once. `scales`: a factor on σ per layout entry (tensor_rms), or None (1)."""
     opened = [checkpoint.read_stream(p) for p in parents]
     layouts = [layout for layout, _ in opened]
     layout = layouts[0]
@@ -45,7 +48,7 @@ def recombine_chunks(parents: list[BinaryIO], sigma: float, noise_seed: tuple) -
             if sigma > 0:
                 noise = generator(*noise_seed, "mutation", index).standard_normal(len(mean))
                 noise *= sigma
-                noise *= _param_mask(layout, start, start + len(mean))
+                noise *= _noise_scale(layout, start, start + len(mean), scales)
                 mean += noise
             start += len(mean)
             yield mean.astype(layout.vector_dtype)
@@ -53,25 +56,49 @@ def recombine_chunks(parents: list[BinaryIO], sigma: float, noise_seed: tuple) -
     return out_layout, chunks()
 
 
-def _param_mask(layout: Layout, start: int, stop: int) -> np.ndarray:
-    """True where values start..stop of the vector are parameters (mutated), False for buffers."""
-    mask = np.zeros(stop - start, dtype=bool)
-    for e in layout.entries:
+def _noise_scale(layout: Layout, start: int, stop: int, scales: list[float] | None) -> np.ndarray:
+    """The factor on σ for values start..stop of the vector: 0 for buffers (never mutated), for
+    parameters their entry's scale, or 1 (multiplying by 1.0 keeps the noise's bits)."""
+    out = np.zeros(stop - start)
+    for index, e in enumerate(layout.entries):
         lo, hi = max(e.offset, start), min(e.offset + e.numel, stop)
         if e.kind == "param" and lo < hi:
-            mask[lo - start : hi - start] = True
-    return mask
+            out[lo - start : hi - start] = 1.0 if scales is None else scales[index]
+    return out
 
 
-def recombine_stream(blobs: Blobs, parents: list[BlobRef], sigma: float, noise_seed: tuple) -> Iterator[bytes]:
+def tensor_rms(source: BinaryIO) -> list[float]:
+    """The root mean square of every layout entry of a checkpoint read as a stream, in layout order."""
+    layout, chunks = checkpoint.read_stream(source)
+    sums, start = np.zeros(len(layout.entries)), 0
+    for chunk in chunks:
+        squares = np.square(chunk, dtype=np.float64)
+        for index, e in enumerate(layout.entries):
+            lo, hi = max(e.offset, start), min(e.offset + e.numel, start + len(chunk))
+            if lo < hi:
+                sums[index] += squares[lo - start : hi - start].sum()
+        start += len(chunk)
+    return [float(np.sqrt(total / e.numel)) if e.numel else 0.0 for total, e in zip(sums, layout.entries)]
+
+
+def recombine_stream(
+    blobs: Blobs, parents: list[BlobRef], sigma: float, noise_seed: tuple, relative: bool = False
+) -> Iterator[bytes]:
     """The offspring's checkpoint as byte pieces (for Blobs.put_stream), its parents (checkpoint
     references, fittest first) read as streams: memory holds a few chunks per parent, never a whole
     model. Every parent's size and checksum are checked before the last piece is handed out, so an
-    offspring of a truncated or altered parent is never completed (IntegrityError names the key)."""
+    offspring of a truncated or altered parent is never completed (IntegrityError names the key).
+    `relative`: σ is scaled per tensor by its root mean square in the fittest parent (read once
+    more before, as a stream)."""
+    scales = None
+    if relative and sigma > 0:
+        with blobs.open(parents[0]) as first:
+            scales = tensor_rms(first)
+            first.finish()
     streams = [blobs.open(p) for p in parents]
     try:
         try:
-            layout, chunks = recombine_chunks(streams, sigma, noise_seed)
+            layout, chunks = recombine_chunks(streams, sigma, noise_seed, scales)
 
             def checked() -> Iterator[np.ndarray]:
                 yield from chunks

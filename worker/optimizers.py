@@ -2,17 +2,25 @@
 read): for each family, the optimizer of one model and the same update on the rows of a packed
 [k, P] parameter matrix (esgd.worker.packed), one row per individual, each with its own
 hyper-parameters. The packed formulas are torch.optim's (no dampening, no amsgrad, RMSprop alpha
-0.99), so a packed and an unpacked run agree to float rounding (tests/test_packing.py).
+0.99), so a packed and an unpacked run agree to float rounding (tests/test_packing.py). With
+sgd.optimizer_state: carry, an individual's state (State) travels between generations as a
+checkpoint blob, and enters and leaves either kind of training the same way.
 """
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from esgd.core import optimizers as families
 from esgd.core.hparams import HParams
+from esgd.store.checkpoint import Layout
+from esgd.worker.weights import stacked_state, to_checkpoints
 
 RMSPROP_ALPHA, EPS, ADAM_EPS = 0.99, 1e-8, 1e-8
+STEP = "step"  # torch.optim's step count, and a State's in its checkpoint (Layout.ints)
+MOMENTUM_BUFFER = "momentum_buffer"  # torch.optim keeps one only for a non-zero momentum
 
 
 class Implementation(Protocol):
@@ -20,6 +28,10 @@ class Implementation(Protocol):
 
     state: tuple[str, ...]
     """Names of its per-parameter state in a pack ([k, P] tensors, zero at the start)."""
+
+    torch_state: dict[str, str]
+    """torch.optim's key for each name of `state`, and for `step` if its optimizer counts steps:
+    how a carried state (sgd.optimizer_state: carry) enters the optimizer of one model and leaves it."""
 
     def single(self, params, hp: HParams) -> torch.optim.Optimizer:
         """The optimizer of one model."""
@@ -36,6 +48,7 @@ class Implementation(Protocol):
 
 class SGD:
     state = ("buf",)
+    torch_state = {"buf": MOMENTUM_BUFFER}
 
     def __init__(self, nesterov: bool):
         self.nesterov = nesterov
@@ -56,6 +69,7 @@ class SGD:
 
 class Adam:
     state = ("m", "v")
+    torch_state = {"m": "exp_avg", "v": "exp_avg_sq", STEP: STEP}
 
     def __init__(self, decoupled: bool):
         self.decoupled = decoupled  # AdamW: weight decay applied to the weights, not the gradient
@@ -78,6 +92,7 @@ class Adam:
 
 class RMSprop:
     state = ("v", "buf")
+    torch_state = {"v": "square_avg", "buf": MOMENTUM_BUFFER, STEP: STEP}
 
     def single(self, params, hp: HParams) -> torch.optim.Optimizer:
         return torch.optim.RMSprop(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
@@ -123,3 +138,73 @@ def implementation(name: str) -> Implementation:
 def make_optimizer(params, hp: HParams) -> torch.optim.Optimizer:
     """The torch optimizer of one model training with `hp`."""
     return implementation(hp.optimizer).single(params, hp)
+
+
+# Optimizer state carried between generations (sgd.optimizer_state: carry) --------------------------
+
+
+@dataclass
+class State:
+    """One individual's optimizer state: each of its family's `state` tensors as a vector over the
+    individual's parameters, laid out as a pack's row (the model's parameters in order, a tied
+    weight once), and the optimizer steps taken. A state without steps is a fresh one (zeros)."""
+
+    step: int = 0
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to_checkpoint(self) -> tuple[Layout, np.ndarray]:
+        """The state as a checkpoint: one entry per tensor, the step count in Layout.ints."""
+        stacked = {name: t.unsqueeze(0) for name, t in self.tensors.items()}
+        return to_checkpoints(stacked | {STEP: torch.tensor([self.step])}, set())[0]
+
+    @classmethod
+    def from_checkpoint(cls, layout: Layout, vector: np.ndarray, device: torch.device | str) -> "State":
+        tensors = {name: t[0] for name, t in stacked_state([(layout, vector)], device).items()}
+        return cls(int(tensors.pop(STEP)), tensors)
+
+
+def final_state(hp: HParams, step: int, tensors: dict[str, torch.Tensor]) -> State:
+    """The state an individual that trained with `hp` carries on. Without momentum there is no
+    momentum buffer to carry (torch.optim keeps none; a pack's row holds the last step's direction
+    there), so it is zeros: single and packed training hand on the same state."""
+    keys = implementation(hp.optimizer).torch_state
+    return State(
+        step,
+        {
+            name: torch.zeros_like(t) if hp.momentum == 0 and keys[name] == MOMENTUM_BUFFER else t
+            for name, t in tensors.items()
+        },
+    )
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def load_state(optimizer: torch.optim.Optimizer, hp: HParams, state: State) -> None:
+    """Start the optimizer of one model (make_optimizer's, with `hp`) from a carried state."""
+    if state.step == 0:
+        return  # fresh: torch.optim starts from zeros itself
+    keys, offset = implementation(hp.optimizer).torch_state, 0
+    for p in _params(optimizer):
+        values = {
+            key: torch.tensor(float(state.step))  # the dtype and device torch.optim gives its step count
+            if name == STEP
+            else state.tensors[name][offset : offset + p.numel()].view_as(p).to(p, copy=True)
+            for name, key in keys.items()
+        }
+        optimizer.state[p] = values
+        offset += p.numel()
+
+
+def single_state(optimizer: torch.optim.Optimizer, hp: HParams, step: int) -> State:
+    """The state of the optimizer of one model after `step` steps in all (make_optimizer's, with `hp`);
+    a parameter without state (it never had a gradient) has zeros."""
+    impl, params = implementation(hp.optimizer), _params(optimizer)
+    tensors = {
+        name: torch.cat(
+            [optimizer.state[p].get(impl.torch_state[name], torch.zeros_like(p)).reshape(-1) for p in params]
+        )
+        for name in impl.state
+    }
+    return final_state(hp, step, tensors)

@@ -23,7 +23,7 @@ from torch.func import functional_call, grad, vmap
 from esgd.core.hparams import FLOATS, HParams
 from esgd.core.rng import generator, int_seed
 from esgd.store.checkpoint import Layout
-from esgd.worker.optimizers import implementation
+from esgd.worker.optimizers import State, final_state, implementation
 from esgd.worker.task import Task
 from esgd.worker.train import TrainResult
 from esgd.worker.weights import stacked_state, to_checkpoints
@@ -172,8 +172,9 @@ class PackedOptimizer:
     individuals next to each other in the pack, and its rows are updated in place, without the
     gather and scatter that cost as much as the backward pass of a small MLP."""
 
-    def __init__(self, flat: torch.Tensor, hps: list[HParams]):
-        self.flat = flat
+    def __init__(self, flat: torch.Tensor, hps: list[HParams], states: list[State] | None = None):
+        """`states`: each row's carried state to start from (sgd.optimizer_state: carry); None: fresh."""
+        self.flat, self.hps = flat, hps
         family = [hp.optimizer for hp in hps]
         self.hp = {name: _column([getattr(hp, name) for hp in hps], flat) for name in FLOATS}
         self.hp["step"] = torch.zeros_like(self.hp["lr"])
@@ -185,9 +186,23 @@ class PackedOptimizer:
             self.groups[f] = slice(rows[0], rows[-1] + 1) if adjacent else torch.tensor(rows, device=flat.device)
         needed = dict.fromkeys(name for impl in self.implementations.values() for name in impl.state)
         self.state = {name: torch.zeros_like(flat) for name in needed}  # only the state the pack's families use
+        for row, state in enumerate(states or []):
+            self.hp["step"][row] = state.step
+            for name, tensor in state.tensors.items():
+                self.state[name][row] = tensor
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.hp["step"], *self.state.values()]
+
+    def states(self) -> list[State]:
+        """Each row's state as it is now, to carry on (what train.train's optimizer ends with)."""
+        steps = self.hp["step"].reshape(-1).tolist()
+        return [
+            final_state(
+                hp, int(step), {name: self.state[name][row] for name in self.implementations[hp.optimizer].state}
+            )
+            for row, (hp, step) in enumerate(zip(self.hps, steps))
+        ]
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor) -> None:
@@ -229,13 +244,15 @@ def train_pack(
     halve_lr: bool = False,
     bf16: bool = False,
     compiled: bool = False,
+    optimizer_states: list[State] | None = None,
 ) -> list[TrainResult]:
     """train.train for k individuals at once; the pack is updated in place. Every individual must
-    have the same batch size. `compiled`: torch.compile the gradient (forward and backward)."""
+    have the same batch size. `compiled`: torch.compile the gradient (forward and backward).
+    `optimizer_states`: as train.train's optimizer_state, one per individual."""
     batch_size = hps[0].batch_size
     if any(hp.batch_size != batch_size for hp in hps):
         raise ValueError("a pack needs one batch size")
-    optimizer = PackedOptimizer(pack.flat, hps)
+    optimizer = PackedOptimizer(pack.flat, hps, optimizer_states)
     gradient = _gradient(pack, task.loss, bf16, compiled)
     inputs, targets = train_data
     device = inputs.device
@@ -269,4 +286,7 @@ def train_pack(
             with torch.no_grad():
                 for tensor, old in zip(pack.tensors() + optimizer.tensors(), saved):
                     tensor[rows] = old[rows]
+    if optimizer_states is not None:
+        for result, state in zip(results, optimizer.states()):
+            result.optimizer_state = state
     return results

@@ -16,6 +16,7 @@ from esgd.core.spec import RunSpec, SpecError
 from esgd.store import checkpoint
 from esgd.store.base import StoreError
 from esgd.store.uri import read_uri
+from esgd.worker.optimizers import implementation
 from esgd.worker.run import resolve_device
 from esgd.worker.task import Task, TaskError, failure, load_task
 from esgd.worker.weights import load_into
@@ -42,6 +43,7 @@ def check(spec: RunSpec, task: Task) -> None:
     if not isinstance(task.eval_batch_size, int) or task.eval_batch_size < 1:
         raise TaskError(f"task {spec.task}: eval_batch_size must be a whole number >= 1, got {task.eval_batch_size!r}")
     check_batch_sizes(spec, len(task.train[0]))
+    check_carried_state(spec)
     mini_step(spec.task, task)
     _check_checkpoints(spec, task)
 
@@ -68,6 +70,20 @@ def batch_sizes(spec: RunSpec) -> list[tuple[str, int]]:
     if spec.finetune.epochs > 0:
         used.append(("finetune.batch_size", spec.finetune.batch_size))
     return used
+
+
+def check_carried_state(spec: RunSpec) -> None:
+    """sgd.optimizer_state: carry needs every optimizer family of the run to say how its state
+    enters and leaves torch.optim (Implementation.torch_state); a plug-in family may not."""
+    if spec.sgd.optimizer_state != "carry":
+        return
+    used = [spec.single.optimizer] if spec.mode == "single" else sorted(spec.sgd.optimizers)
+    for family in used:
+        if not hasattr(implementation(family), "torch_state"):
+            raise SpecError(
+                f"sgd.optimizer_state: carry: optimizer family {family!r} does not say how its state is carried "
+                "(its implementation has no torch_state; docs/architecture.md): use reset"
+            )
 
 
 def check_batch_sizes(spec: RunSpec, examples: int) -> None:

@@ -17,6 +17,7 @@ from esgd.core.tables import to_parquet
 from esgd.store.base import NotFound, StoreError, attempt_id
 from esgd.worker import evolve as ops
 from esgd.worker import history, population, preflight
+from esgd.worker.optimizers import State
 from esgd.worker.packed import pack_fitness, train_pack
 from esgd.worker.run import Run
 from esgd.worker.task import blamed_on
@@ -75,12 +76,13 @@ def init(run: Run) -> None:
 
 
 def _train_members(
-    run: Run, members: list[Member], slots: range, hp_of, epochs: int, generation: int, record_key
+    run: Run, members: list[Member], slots: range, hp_of, epochs: int, generation: int, record_key, previous=None
 ) -> None:
     """Train the given population slots, in packs where the spec and the model allow it, and
     commit one record per individual. Packs are formed from the whole slot range, committed or
     not, and a pack with any uncommitted member is trained whole: a step that died between two
-    commits trains exactly the same packs again, so its results do not depend on where it died."""
+    commits trains exactly the same packs again, so its results do not depend on where it died.
+    `previous(member, hp)`: the optimizer state a member starts from, to carry on (None: reset)."""
     members = [members[slot] for slot in slots]
     hps = [hp_of(member) for member in members]
     size = run.pack_size(len(members))
@@ -89,7 +91,13 @@ def _train_members(
             for group in pack_groups([hp.batch_size for hp in hps], size):
                 if not all(run.transfers.each(run.store.exists, [record_key(members[i].member) for i in group])):
                     _train_pack(
-                        run, [members[i] for i in group], [hps[i] for i in group], epochs, generation, record_key
+                        run,
+                        [members[i] for i in group],
+                        [hps[i] for i in group],
+                        epochs,
+                        generation,
+                        record_key,
+                        previous,
                     )
             return
         except torch.cuda.OutOfMemoryError:
@@ -100,11 +108,20 @@ def _train_members(
 
 
 def _train_pack(
-    run: Run, members: list[Member], hps: list[hparams.HParams], epochs: int, generation: int, record_key
+    run: Run,
+    members: list[Member],
+    hps: list[hparams.HParams],
+    epochs: int,
+    generation: int,
+    record_key,
+    previous=None,
 ) -> None:
     spec = run.spec
     order = sorted(range(len(members)), key=lambda i: hps[i].optimizer)  # families side by side: PackedOptimizer
     members, hps = [members[i] for i in order], [hps[i] for i in order]
+    states = None
+    if previous is not None:
+        states = run.transfers.each(lambda pair: previous(*pair), [(m.member, hp) for m, hp in zip(members, hps)])
     common = dict(
         task=run.task,
         train_data=run.train_data,
@@ -116,7 +133,16 @@ def _train_pack(
     seeds = [run.seed(generation, m.member) for m in members]
     if len(members) == 1:
         model = run.load_model(members[0].checkpoint)
-        results = [train_member(model, hp=hps[0], start_fitness=members[0].fitness, seed=seeds[0], **common)]
+        results = [
+            train_member(
+                model,
+                hp=hps[0],
+                start_fitness=members[0].fitness,
+                seed=seeds[0],
+                optimizer_state=None if states is None else states[0],
+                **common,
+            )
+        ]
         trained = [to_checkpoint(model)]
     else:
         pack = run.load_pack([m.checkpoint for m in members])
@@ -127,13 +153,17 @@ def _train_pack(
             seeds=seeds,
             bf16=spec.pack.bf16,
             compiled=spec.pack.compile,
+            optimizer_states=states,
             **common,
         )
         trained = pack.checkpoints()
 
-    def commit(member: Member, weights: tuple, result) -> None:  # the checkpoint, then the record naming it
-        key = record_key(member.member)
-        ref = run.save_checkpoint(keys.checkpoint(key, attempt_id()), *weights)
+    def commit(member: Member, weights: tuple, result) -> None:  # the blobs, then the record naming them
+        key, attempt = record_key(member.member), attempt_id()
+        ref = run.save_checkpoint(keys.checkpoint(key, attempt), *weights)
+        state = None
+        if result.optimizer_state is not None:
+            state = run.save_checkpoint(keys.optimizer_state(key, attempt), *result.optimizer_state.to_checkpoint())
         record = TrainRecord(
             member=member.member,
             checkpoint=ref,
@@ -143,6 +173,7 @@ def _train_pack(
             backoffs=result.backoffs,
             epochs=epochs,
             epoch_fitness=tuple(result.epoch_fitness),
+            optimizer_state=state,
         )
         run.store.commit(key, record)
 
@@ -152,6 +183,21 @@ def _train_pack(
 def train(run: Run, generation: int, members: tuple[int, int] | None = None) -> None:
     """Train population slots [a, b) of `generation` for Ks epochs each, with back-off."""
     parents = population.manifest(run, keys.parents(run.id, generation))
+
+    def previous(member: str, hp: hparams.HParams) -> State:
+        """sgd.optimizer_state: carry. The state `member` ended the previous generation with, if it
+        trained then with hp's family; else a fresh one (an offspring, a PBT copy, a family change)."""
+        if generation == 0:
+            return State()
+        try:
+            record = run.store.read(keys.train_record(run.id, generation - 1, member), TrainRecord)
+        except NotFound:
+            return State()
+        if record.hparams.optimizer != hp.optimizer or record.optimizer_state is None:
+            return State()
+        # on the host: training copies it to the device, into the optimizer's own state
+        return State.from_checkpoint(*run.read_checkpoint(record.optimizer_state), "cpu")
+
     _train_members(
         run,
         parents,
@@ -160,6 +206,7 @@ def train(run: Run, generation: int, members: tuple[int, int] | None = None) -> 
         run.spec.sgd.epochs,
         generation,
         lambda member: keys.train_record(run.id, generation, member),
+        previous if run.spec.sgd.optimizer_state == "carry" else None,
     )
 
 
@@ -183,7 +230,13 @@ def evolve(run: Run, generation: int, rnd: int) -> None:
         parents = [pool[j] for j in sorted(picks, key=lambda j: (pool[j].fitness, j))]  # fittest first
         # Parents stream from the store: memory holds a few chunks per parent (of the few offspring
         # that Transfers.each makes at once), not µ models.
-        pieces = ops.recombine_stream(run.blobs, [p.checkpoint for p in parents], sigma, run.seed(generation, child))
+        pieces = ops.recombine_stream(
+            run.blobs,
+            [p.checkpoint for p in parents],
+            sigma,
+            run.seed(generation, child),
+            relative=spec.evolution.sigma_scale == "rms",
+        )
         ref = run.blobs.put_stream(keys.offspring_checkpoint(run.id, generation, rnd, child, attempt_id()), pieces)
         run.store.commit(key, OffspringRecord(child, ref, tuple(p.member for p in parents), sigma))
 

@@ -8,7 +8,7 @@ import torch
 
 from esgd.core.hparams import HParams
 from esgd.core.rng import generator, int_seed
-from esgd.worker.optimizers import make_optimizer
+from esgd.worker.optimizers import State, load_state, make_optimizer, single_state
 from esgd.worker.task import Task
 
 
@@ -48,6 +48,7 @@ class TrainResult:
     hparams: HParams  # as trained with (single mode: lr after halvings)
     backoffs: int = 0
     epoch_fitness: list[float] = field(default_factory=list)
+    optimizer_state: State | None = None  # after the last epoch, when the state is carried
 
     def end_epoch(self, value: float, draw: float, p_backoff: float, halve_lr: bool) -> bool:
         """Record an epoch whose fitness is `value`; True when it backs off (worse than before and
@@ -75,16 +76,23 @@ def train(
     p_backoff: float,
     seed: tuple,
     halve_lr: bool = False,
+    optimizer_state: State | None = None,
 ) -> TrainResult:
     """Train in place. After each epoch: if fitness got worse than the previous epoch's, return to
     the previous epoch's weights and optimizer state with probability p_backoff (1: strict).
-    With halve_lr (the `single` mode) the lr is also halved. `seed` = (seed, generation, member)."""
+    With halve_lr (the `single` mode) the lr is also halved. `seed` = (seed, generation, member).
+    With `optimizer_state` (sgd.optimizer_state: carry) the optimizer starts from it, and the
+    result holds the state after the last epoch."""
     optimizer = make_optimizer(model.parameters(), hp)
+    if optimizer_state is not None:
+        load_state(optimizer, hp, optimizer_state)
+    steps = 0 if optimizer_state is None else optimizer_state.step  # torch.optim's SGD counts none
     inputs, targets = train_data
     coin = generator(*seed, "backoff")
     result = TrainResult(start_fitness, hp)
     for epoch in range(epochs):
         saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+        saved_steps = steps
         order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(int_seed(*seed, "data", epoch)))
         order = order.to(inputs.device)
         model.train()
@@ -95,12 +103,16 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 task.loss(model(inputs[batch]), targets[batch]).backward()
                 optimizer.step()
+                steps += 1
         value = fitness(model, task, fitness_data)
         # The coin is drawn every epoch, so later draws never depend on earlier outcomes.
         if result.end_epoch(value, coin.random(), p_backoff, halve_lr):
             model.load_state_dict(saved_model)
             optimizer.load_state_dict(saved_opt)
+            steps = saved_steps
             if halve_lr:
                 for group in optimizer.param_groups:
                     group["lr"] = result.hparams.lr
+    if optimizer_state is not None:
+        result.optimizer_state = single_state(optimizer, result.hparams, steps)
     return result
