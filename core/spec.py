@@ -550,15 +550,20 @@ def parse_spec(data: Any) -> RunSpec:
         raise SpecError(_error_line(error)) from None
 
 
-def load_spec(text: str, overrides: list[str] = (), where: str = "spec") -> RunSpec:
-    """A spec from YAML text with `--set` overrides applied; SpecError (one line) if invalid.
-    `where` starts a YAML error's message (read_spec passes "spec <path>")."""
+def _mapping(text: str, where: str) -> dict:
+    """The YAML mapping of a spec's text (empty text: no fields); SpecError if it is not one."""
     data = load_yaml(text, where)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise SpecError(f"{where}: expected a mapping at the top level")
-    return parse_spec(apply_overrides(data, list(overrides)))
+    return data
+
+
+def load_spec(text: str, overrides: list[str] = (), where: str = "spec") -> RunSpec:
+    """A spec from YAML text with `--set` overrides applied; SpecError (one line) if invalid.
+    `where` starts a YAML error's message (read_spec passes "spec <path>")."""
+    return parse_spec(apply_overrides(_mapping(text, where), list(overrides)))
 
 
 def read_spec_text(path: str) -> str:
@@ -601,9 +606,7 @@ def identity_text(spec: RunSpec) -> str:
 def load_frozen(text: str, where: str) -> RunSpec:
     """A run's frozen spec (a dump): load_spec, where an ADDED field that is absent (the spec was
     frozen before the field existed) takes its older runs' value, not today's default."""
-    data = load_yaml(text, where)
-    if not isinstance(data, dict):
-        raise SpecError(f"{where}: expected a mapping at the top level")
+    data = _mapping(text, where)
     for (section, name), old in ADDED.items():
         if isinstance(data.get(section), dict):
             data[section].setdefault(name, old)
