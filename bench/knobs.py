@@ -99,6 +99,10 @@ VARIANTS = {
         CARRY,
     ),
     "lr not annealed + hparams kept": ("the knobs named, together", results.merge(CONSTANT_LR, KEEP)),
+    "lr not annealed + hparams inherited": (
+        "hparams kept, and an offspring takes its fittest parent's (sgd.hparams: inherit)",
+        results.merge(CONSTANT_LR, {"sgd": {"hparams": "inherit"}}),
+    ),
     "lr not annealed + Ks × 2 and K / 2": (
         "the knobs named, together",
         lambda budget: results.merge(CONSTANT_LR, _longer_epochs(budget)),

@@ -66,17 +66,22 @@ def draw(spec: RunSpec, generation: int, member: str) -> HParams:
     return HParams(optimizer=name, batch_size=batch_size, **values)
 
 
-def for_generation(spec: RunSpec, generation: int, member: str, previous: HParams | None) -> HParams:
+def for_generation(
+    spec: RunSpec, generation: int, member: str, previous: HParams | None, inherited: HParams | None = None
+) -> HParams:
     """Hyper-parameters of `member` in `generation`, by mode:
-    esgd and no-evolution draw afresh every generation (with sgd.hparams: keep, a member that
-    trained keeps `previous`, and only an offspring draws); population draws once (generation 0's
-    draw, kept); single keeps its fixed optimizer and carries its (halved) lr from `previous`; pbt
-    draws in generation 0, then keeps `previous`: what the member trained with, or for a copy made
-    by the last select the donor's, explored (esgd.core.pbt)."""
+    esgd and no-evolution follow sgd.hparams: redraw draws afresh every generation; keep keeps
+    `previous` for a member that trained, and an offspring draws; inherit also gives an offspring
+    `inherited` (its fittest parent's, when the caller found them). population draws once
+    (generation 0's draw, kept); single keeps its fixed optimizer and carries its (halved) lr from
+    `previous`; pbt draws in generation 0, then keeps `previous`: what the member trained with, or
+    for a copy made by the last select the donor's, explored (esgd.core.pbt)."""
     if spec.mode == "single":
         return previous or fixed(spec.single)
     if spec.mode == "population":
         return draw(spec, 0, member)
     if spec.mode == "pbt" or spec.sgd.hparams == "keep":
         return previous or draw(spec, generation, member)
+    if spec.sgd.hparams == "inherit":
+        return previous or inherited or draw(spec, generation, member)
     return draw(spec, generation, member)

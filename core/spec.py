@@ -211,11 +211,13 @@ class SGDSpec(_Model):
     paper's 1.0 → 0.1 exponential, which shrinks the range over the generations: docs/KNOBS.md)."""
     backoff: float = Field(default=1.0, ge=0, le=1)
     """p_backoff: probability of returning to the previous epoch's weights when fitness got worse (1: strict)."""
-    hparams: Literal["redraw", "keep"] = "keep"
+    hparams: Literal["redraw", "keep", "inherit"] = "keep"
     """Hyper-parameters in the esgd and no-evolution modes: keep (the default: an individual that trained
     keeps what it trained with, optimizer family included; an offspring draws afresh, with its
-    generation's lr_anneal factor) or redraw (the paper's: every individual draws its optimizer and
-    hyper-parameters afresh each generation). The other modes have their own rule (see `mode`)."""
+    generation's lr_anneal factor), inherit (as keep, but an offspring takes those of its fittest
+    parent, as a PBT copy takes its donor's, unperturbed) or redraw (the paper's: every individual
+    draws its optimizer and hyper-parameters afresh each generation). The other modes have their own
+    rule (see `mode`)."""
     optimizer_state: Literal["reset", "carry"] = "reset"
     """Optimizer state between generations: reset (the paper's and the default: a fresh optimizer every
     generation) or carry (an individual that trained in the previous generation with the same optimizer

@@ -170,6 +170,29 @@ def test_no_evolution_mode_never_recombines_and_draws_as_esgd_does(store_uri, hp
     assert len(set(lrs)) == draws
 
 
+def test_inherited_hyper_parameters_are_the_fittest_parents(store_uri):
+    """sgd.hparams: inherit: an offspring trains with what its fittest parent trained with in the
+    generation it was born in; a member that trained keeps its own."""
+    run = start(store_uri, tiny(generations=4, sgd={"hparams": "inherit"}), "inherit")
+    execute(run)
+    rows = history(run.uri)
+    trained = {(r["generation"], r["member"]): r for r in rows if r["role"] == "parent"}
+    fields = ("optimizer", "lr", "momentum", "batch_size")
+    inherited = kept = 0
+    for (generation, member), row in trained.items():
+        if member.startswith("g"):  # an offspring, trained from the generation after its birth
+            born = int(member[1:5])
+            if (born + 1, member) == (generation, member):
+                offspring = next(r for r in rows if r["member"] == member and r["role"] == "offspring")
+                parent = trained[born, offspring["parents"][0]]
+                assert [row[f] for f in fields] == [parent[f] for f in fields]
+                inherited += 1
+        if (generation - 1, member) in trained:
+            assert [row[f] for f in fields] == [trained[generation - 1, member][f] for f in fields]
+            kept += 1
+    assert inherited > 0 and kept > 0
+
+
 def test_single_mode_trains_one_model_and_halves_its_lr(store_uri):
     run = start(store_uri, tiny(mode="single", single={"optimizer": "sgd", "lr": 50.0, "momentum": 0.0}), "single")
     execute(run)

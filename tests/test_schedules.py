@@ -63,6 +63,18 @@ def test_kept_hyper_parameters_stay_with_a_member_and_only_offspring_draw():
     assert hparams.for_generation(redraw, 7, "m", trained) == hparams.draw(redraw, 7, "m") != trained
 
 
+def test_an_offspring_inherits_only_with_inherit():
+    parent = hparams.draw(parse_spec({}), 2, "parent")
+    inherit = parse_spec({"sgd": {"hparams": "inherit"}})
+    assert hparams.for_generation(inherit, 3, "child", None, parent) == parent
+    assert hparams.for_generation(inherit, 3, "child", None, None) == hparams.draw(inherit, 3, "child")
+    assert hparams.for_generation(inherit, 3, "m", hparams.draw(inherit, 0, "m"), parent) == hparams.draw(
+        inherit, 0, "m"
+    )
+    keep = parse_spec({})
+    assert hparams.for_generation(keep, 3, "child", None, parent) == hparams.draw(keep, 3, "child")
+
+
 def test_every_optimizer_family_gets_drawn():
     spec = parse_spec({})
     seen = {hparams.draw(spec, 0, f"m{i}").optimizer for i in range(60)}

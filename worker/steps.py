@@ -198,11 +198,21 @@ def train(run: Run, generation: int, members: tuple[int, int] | None = None) -> 
         # on the host: training copies it to the device, into the optimizer's own state
         return State.from_checkpoint(*run.read_checkpoint(record.optimizer_state), "cpu")
 
+    def inherited(member: Member) -> hparams.HParams | None:
+        """sgd.hparams: inherit. What an offspring's fittest parent trained with in the generation
+        it was born in (None: not an offspring, or a parent that never trained, such as the reference)."""
+        if run.spec.sgd.hparams != "inherit" or member.hparams is not None or not member.parents:
+            return None
+        try:
+            return run.store.read(keys.train_record(run.id, generation - 1, member.parents[0]), TrainRecord).hparams
+        except NotFound:
+            return None
+
     _train_members(
         run,
         parents,
         population.slots(parents, members),
-        lambda m: hparams.for_generation(run.spec, generation, m.member, m.hparams),
+        lambda m: hparams.for_generation(run.spec, generation, m.member, m.hparams, inherited(m)),
         run.spec.sgd.epochs,
         generation,
         lambda member: keys.train_record(run.id, generation, member),
