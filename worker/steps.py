@@ -184,16 +184,20 @@ def train(run: Run, generation: int, members: tuple[int, int] | None = None) -> 
     """Train population slots [a, b) of `generation` for Ks epochs each, with back-off."""
     parents = population.manifest(run, keys.parents(run.id, generation))
 
+    def trained_before(member: str) -> TrainRecord | None:
+        """How `member` trained in the previous generation (None: it did not train then)."""
+        if generation == 0:
+            return None
+        try:
+            return run.store.read(keys.train_record(run.id, generation - 1, member), TrainRecord)
+        except NotFound:
+            return None
+
     def previous(member: str, hp: hparams.HParams) -> State:
         """sgd.optimizer_state: carry. The state `member` ended the previous generation with, if it
         trained then with hp's family; else a fresh one (an offspring, a PBT copy, a family change)."""
-        if generation == 0:
-            return State()
-        try:
-            record = run.store.read(keys.train_record(run.id, generation - 1, member), TrainRecord)
-        except NotFound:
-            return State()
-        if record.hparams.optimizer != hp.optimizer or record.optimizer_state is None:
+        record = trained_before(member)
+        if record is None or record.hparams.optimizer != hp.optimizer or record.optimizer_state is None:
             return State()
         # on the host: training copies it to the device, into the optimizer's own state
         return State.from_checkpoint(*run.read_checkpoint(record.optimizer_state), "cpu")
@@ -203,10 +207,8 @@ def train(run: Run, generation: int, members: tuple[int, int] | None = None) -> 
         it was born in (None: not an offspring, or a parent that never trained, such as the reference)."""
         if run.spec.sgd.hparams != "inherit" or member.hparams is not None or not member.parents:
             return None
-        try:
-            return run.store.read(keys.train_record(run.id, generation - 1, member.parents[0]), TrainRecord).hparams
-        except NotFound:
-            return None
+        record = trained_before(member.parents[0])
+        return None if record is None else record.hparams
 
     _train_members(
         run,
