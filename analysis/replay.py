@@ -60,6 +60,7 @@ def replay(run: Run, member: str | None = None) -> tuple[list[dict], torch.nn.Mo
             run.seed(row["generation"], row["member"]),
             halve_lr=spec.mode == "single",
             optimizer_state=state,
+            patience=spec.sgd.patience_in(row["epochs"]),
         )
         carried, last = result.optimizer_state, row
         out.append(

@@ -25,23 +25,46 @@ from esgd.core.errors import InputError
 
 PAPER = {
     "sgd": {
+        "epochs": 1,
         "lr_anneal": {"start": 1.0, "end": 0.1, "kind": "exponential"},
         "hparams": "redraw",
         "optimizer_state": "reset",
+        "patience": 0,
     },
     "evolution": {"sigma": {"start": 0.01, "end": 0.001, "kind": "exponential"}, "sigma_scale": "absolute"},
 }
 """The paper's settings where today's defaults differ (docs/method.md, "The paper's settings"): every
 run of the study is made from them plus its variant's changes, so that the study measures the same
-runs whatever the defaults are (a rerun after the defaults changed finds them all in the store)."""
+runs whatever the defaults are (a rerun after the defaults changed finds them all in the store).
+Ks = 1: the study's budget is K × Ks of the suite's, as K generations of one epoch (paper_budget)."""
+
+
+def paper_budget(budget: dict) -> dict:
+    """The suite's budget in the paper's generations of one epoch: the same epochs per individual."""
+    return {
+        **budget,
+        "generations": budget["generations"] * budget["sgd"]["epochs"],
+        "sgd": {**budget["sgd"], "epochs": 1},
+    }
 
 
 def _elite_all(budget: dict) -> dict:
     return {"population": {"elite": budget.get("population", {}).get("mu", 8)}}
 
 
-def _longer_epochs(budget: dict) -> dict:
-    return {"generations": max(1, budget["generations"] // 2), "sgd": {"epochs": 2 * budget["sgd"]["epochs"]}}
+def _epochs_times(factor: int, patience: int | str = 0):
+    """Ks × factor and K / factor, with back-off patience (sgd.patience: a number, or generation)."""
+
+    def changes(budget: dict) -> dict:
+        epochs = factor * budget["sgd"]["epochs"]
+        return {"generations": max(1, budget["generations"] // factor), "sgd": {"epochs": epochs, "patience": patience}}
+
+    return changes
+
+
+def _defaults(budget: dict) -> dict:
+    """The changes that make the paper's settings the spec's defaults (the DEFAULTS variant)."""
+    return _combine(CONSTANT_LR, KEEP, _epochs_times(5, "generation")(budget))
 
 
 def _combine(*changes: dict) -> dict:
@@ -58,7 +81,7 @@ SIGMA_X10 = {"evolution": {"sigma": {"start": 0.1, "end": 0.01}}}
 TRAIN_FITNESS = {"task_args": {"fitness": "train"}}
 
 # name -> (why it is tried, spec changes, or a function of the budget giving them), each applied to
-# the paper's settings at the suite's budget (K = 50, Ks = 1).
+# the paper's settings at the suite's budget in generations of one epoch (paper_budget: K = 50, Ks = 1).
 VARIANTS = {
     "paper": ("the paper's settings: the spec's defaults before this study", {}),
     "relaxed back-off 0.5": (
@@ -79,7 +102,23 @@ VARIANTS = {
     "m = µ": ("every survivor is among the best µ of µ + λ: no random survivors (truncation)", _elite_all),
     "Ks × 2 and K / 2": (
         "twice the epochs per generation, half the generations (K = 25, Ks = 2 at the suite's budget)",
-        _longer_epochs,
+        _epochs_times(2),
+    ),
+    "Ks × 5 and K / 5": (
+        "five epochs per generation, a fifth of the generations (K = 10, Ks = 5), strict back-off after each epoch",
+        _epochs_times(5),
+    ),
+    "Ks × 5 and K / 5, patience 2": (
+        "as Ks × 5 and K / 5; worse epochs kept up to 2 in a row, then back to the step's best (sgd.patience: 2)",
+        _epochs_times(5, 2),
+    ),
+    "Ks × 5 and K / 5, back-off per generation": (
+        "as Ks × 5 and K / 5, the back-off checked once, at the step's end (sgd.patience: generation)",
+        _epochs_times(5, "generation"),
+    ),
+    "Ks × 2 and K / 2, back-off per generation": (
+        "as Ks × 2 and K / 2, the back-off checked once, at the step's end (sgd.patience: generation)",
+        _epochs_times(2, "generation"),
     ),
     "σ relative ×10": (
         "σ 0.1 → 0.01 times each tensor's RMS (evolution.sigma_scale: rms): about the paper's σ on weights of RMS 0.1",
@@ -105,7 +144,40 @@ VARIANTS = {
     ),
     "lr not annealed + Ks × 2 and K / 2": (
         "the knobs named, together",
-        lambda budget: results.merge(CONSTANT_LR, _longer_epochs(budget)),
+        lambda budget: results.merge(CONSTANT_LR, _epochs_times(2)(budget)),
+    ),
+    "lr not annealed + hparams kept + Ks × 5 and K / 5": (
+        "the knobs named, together",
+        lambda budget: _combine(CONSTANT_LR, KEEP, _epochs_times(5)(budget)),
+    ),
+    "lr not annealed + hparams kept + Ks × 5 and K / 5, patience 2": (
+        "the knobs named, together",
+        lambda budget: _combine(CONSTANT_LR, KEEP, _epochs_times(5, 2)(budget)),
+    ),
+    "lr not annealed + hparams kept + Ks × 5 and K / 5, back-off per generation": (
+        "the knobs named, together",
+        _defaults,
+    ),
+    "defaults + ρ = 1": (
+        "the spec's defaults, each offspring a mutated copy of one roulette-drawn parent (no averaging)",
+        lambda budget: _combine(_defaults(budget), {"population": {"rho": 1}}),
+    ),
+    "defaults + ρ = 1 + hparams inherited": (
+        "as defaults + ρ = 1, and the copy trains with its parent's hyper-parameters: close to a PBT exploit",
+        lambda budget: _combine(_defaults(budget), {"population": {"rho": 1}, "sgd": {"hparams": "inherit"}}),
+    ),
+    "defaults + hparams inherited": (
+        "the spec's defaults, an offspring training with its fittest parent's hyper-parameters",
+        lambda budget: _combine(_defaults(budget), {"sgd": {"hparams": "inherit"}}),
+    ),
+    "defaults + σ ×10": ("the spec's defaults and σ ×10", lambda budget: _combine(_defaults(budget), SIGMA_X10)),
+    "defaults + m = µ": (
+        "the spec's defaults and m = µ",
+        lambda budget: _combine(_defaults(budget), _elite_all(budget)),
+    ),
+    "defaults + state carried": (
+        "the spec's defaults and state carried",
+        lambda budget: _combine(_defaults(budget), CARRY),
     ),
     "lr not annealed + hparams kept + state carried": ("the knobs named, together", _combine(CONSTANT_LR, KEEP, CARRY)),
     "lr not annealed + hparams kept + σ ×10": ("the knobs named, together", _combine(CONSTANT_LR, KEEP, SIGMA_X10)),
@@ -127,7 +199,7 @@ VARIANTS = {
     ),
 }
 REFERENCE = "paper"
-DEFAULTS = "lr not annealed + hparams kept"
+DEFAULTS = "lr not annealed + hparams kept + Ks × 5 and K / 5, back-off per generation"
 """The variant that the spec's defaults are (the suite's ESGD runs are its runs; a test holds them together)."""
 BASELINES = ("population", "pbt")
 
@@ -135,13 +207,14 @@ BASELINES = ("population", "pbt")
 def jobs(variants, tasks, seeds, profile) -> list[dict]:
     """The runs: every variant in mode esgd, and the baselines, for every task and seed, all from the
     paper's settings at the profile's budget."""
-    base, out = results.merge(profile["budget"], PAPER), []
+    budget = paper_budget(profile["budget"])
+    base, out = results.merge(budget, PAPER), []
     for task in tasks:
         for seed in seeds:
             for name in variants:
                 changes = VARIANTS[name][1]
-                budget = results.merge(base, changes(profile["budget"]) if callable(changes) else changes)
-                out += [{**j, "mode": name} for j in results.jobs_for(task, seed, "esgd", budget, 1)]
+                spec = results.merge(base, changes(budget) if callable(changes) else changes)
+                out += [{**j, "mode": name} for j in results.jobs_for(task, seed, "esgd", spec, 1)]
             for mode in BASELINES:
                 out += results.jobs_for(task, seed, mode, base, 1)
     return out
@@ -173,23 +246,28 @@ def write(out: Path, entries: dict[tuple, dict], variants, tasks, context: dict)
         f"Tasks: {', '.join(tasks)}; seeds {', '.join(map(str, context['seeds']))}; the budget of "
         "[RESULTS.md](RESULTS.md) (µ = 8, λ = 8, K × Ks = 50 individual-epochs per individual). Each row is ESGD "
         "with the paper's settings and the change named, against ESGD with the paper's settings, the population "
-        "baseline and PBT of the same task and "
-        "seed: wins/ties/losses over task×seed pairs (tie: relative difference below 1e-3), the median "
+        "baseline and PBT of the same task and seed (and with the spec's defaults, when the study runs them): "
+        "wins/ties/losses over task×seed pairs (tie: relative difference below 1e-3), the median "
         "relative difference of the score (negative: the variant is better), and the two-sided Wilcoxon "
         "p-value on the relative differences. The score is the suite's: the winner's loss on the task's test "
         "set, never trained or selected on.",
         "",
-        "| variant | what | vs the paper's settings: W/T/L, median, p | vs population: W/T/L, p | vs PBT: W/T/L, p |",
-        "|---|---|---|---|---|",
+    ]
+    medians = (REFERENCE, DEFAULTS) if DEFAULTS in variants else (REFERENCE,)
+    lines += [
+        "| variant | what | vs the paper's settings: W/T/L, median, p | "
+        + ("vs the defaults: W/T/L, median, p | " if len(medians) == 2 else "")
+        + "vs population: W/T/L, p | vs PBT: W/T/L, p |",
+        "|---|---|" + "---|" * (len(medians) + len(BASELINES)),
     ]
     for name in variants:
         cells = []
-        for rival in (REFERENCE, *BASELINES):
+        for rival in (*medians, *BASELINES):
             if rival == name:
                 cells.append("—")
                 continue
             v = compare(entries, name, rival)
-            median = f", {v['median']:+.3f}" if rival == REFERENCE else ""
+            median = f", {v['median']:+.3f}" if rival in medians else ""
             cells.append(f"{v['wins']}/{v['ties']}/{v['losses']}{median}, p {_p(v['p_two'])}")
         what = VARIANTS[name][0] + (": **the spec's defaults**" if name == DEFAULTS else "")
         lines.append(f"| {name} | {what} | {' | '.join(cells)} |")
@@ -227,6 +305,10 @@ def verdict(entries: dict[tuple, dict], variants) -> list[str]:
         vs = {b: compare(entries, name, b) for b in BASELINES}
         said = "; ".join(f"vs {b} {v['wins']}/{v['ties']}/{v['losses']}, p {_p(v['p_two'])}" for b, v in vs.items())
         lines.append(f"- {name}: {said}.")
+    if DEFAULTS in variants:
+        tests = {name: compare(entries, name, DEFAULTS) for name in variants if name not in (REFERENCE, DEFAULTS)}
+        beat = [n for n, t in tests.items() if t["p_two"] is not None and t["p_two"] < 0.05 and t["median"] < 0]
+        lines += ["", f"**Better than the spec's defaults ({DEFAULTS}) at 5 %**: {', '.join(beat) or 'none'}."]
     return lines
 
 

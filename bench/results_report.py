@@ -118,6 +118,14 @@ def _schedule(schedule) -> str:
     return f"{schedule.start:g} → {schedule.end:g} ({schedule.kind})"
 
 
+def _backoff(sgd) -> str:
+    """The spec's back-off in words."""
+    kind = "strict back-off" if sgd.backoff == 1 else f"back-off with probability {sgd.backoff:g}"
+    if sgd.patience == "generation":
+        return kind + " checked once per generation, at its end"
+    return kind + (f" with a patience of {sgd.patience} epoch(s)" if sgd.patience else " after every epoch")
+
+
 def setup_section(context: dict) -> list[str]:
     from esgd.worker.task import load_task
 
@@ -131,9 +139,10 @@ def setup_section(context: dict) -> list[str]:
         f"- **Budget** (the spec's recommended defaults, only K set): K = {spec.generations} generations of "
         f"Ks = {s.epochs} epoch(s); µ = {p.mu}, λ = {p.offspring}, ρ = {p.rho}, m = {p.m}; optimizer pool {pool}; "
         f"lr range ×{_schedule(s.lr_anneal)}, hyper-parameters `{s.hparams}`, optimizer state `{s.optimizer_state}`, "
-        f"σ {_schedule(spec.evolution.sigma)} ({spec.evolution.sigma_scale}); strict back-off (the paper's settings "
-        "differ in the lr range, annealed ×1 → ×0.1, and in hyper-parameters redrawn every generation: "
-        "docs/method.md). Every mode runs the same spec and seed, only `mode` differs.",
+        f"σ {_schedule(spec.evolution.sigma)} ({spec.evolution.sigma_scale}); {_backoff(s)} (the paper's settings "
+        "differ in the lr range, annealed ×1 → ×0.1, in hyper-parameters redrawn every generation, and in "
+        "generations of one epoch with the back-off after every epoch: docs/method.md). Every mode runs the "
+        "same spec and seed, only `mode` differs.",
         f"- **Equal per-individual budget**: every individual trains K × Ks = {spec.generations * s.epochs} epochs in "
         f"every mode. A population mode trains µ = {p.mu} individuals ({p.mu * spec.generations * s.epochs} "
         f"individual-epochs), `single` one, `tuned-single` {grid} ({context['tune']} learning rates per family, "

@@ -42,7 +42,10 @@ def _task():
     )
 
 
-def test_packed_training_matches_one_at_a_time_for_every_optimizer_and_backoff():
+@pytest.mark.parametrize("patience", [0, 1])
+def test_packed_training_matches_one_at_a_time_for_every_optimizer_and_backoff(patience):
+    """Also with back-off patience: the rows that keep a worse epoch and later return to their best
+    restore the same weights and optimizer state as one model alone does."""
     task = _task()
     hps = [
         HParams(
@@ -63,16 +66,16 @@ def test_packed_training_matches_one_at_a_time_for_every_optimizer_and_backoff()
     seeds = [(1, 0, f"m{i}") for i in range(len(hps))]
     alone = [copy.deepcopy(m) for m in models]
     expected = [
-        train(m, task, task.train, task.fitness, hp, 3, f, 1.0, s)
+        train(m, task, task.train, task.fitness, hp, 4, f, 1.0, s, patience=patience)
         for m, hp, f, s in zip(alone, hps, start_fitness, seeds)
     ]
-    packed = _train_models(models, task, task.train, task.fitness, hps, 3, start_fitness, 1.0, seeds)
+    packed = _train_models(models, task, task.train, task.fitness, hps, 4, start_fitness, 1.0, seeds, patience=patience)
     for e, p, a, m in zip(expected, packed, alone, models):
         assert p.backoffs == e.backoffs
         assert p.epoch_fitness == pytest.approx(e.epoch_fitness, rel=1e-8)
         for name, tensor in a.state_dict().items():
             assert torch.allclose(m.state_dict()[name].double(), tensor.double(), rtol=1e-7, atol=1e-9), name
-    assert packed[-1].backoffs == 3
+    assert packed[-1].backoffs == (4 if patience == 0 else 2)  # diverging: epochs 2 and 4 (the last) back off
 
 
 def test_packed_and_unpacked_runs_give_the_same_history(store_uri):

@@ -38,6 +38,28 @@ def test_defaults_follow_the_paper():
     assert set(spec.sgd.optimizers) == {"sgd", "nesterov", "adam"}
 
 
+def test_defaults_that_differ_from_the_paper_are_the_measured_ones():
+    """docs/KNOBS.md: the lr range not annealed, hyper-parameters kept, Ks = 5 with the back-off
+    checked once per generation (the paper's: annealed, redrawn, Ks = 1, after every epoch)."""
+    sgd = load_spec("{}").sgd
+    assert (sgd.lr_anneal.end, sgd.hparams, sgd.epochs, sgd.patience) == (None, "keep", 5, "generation")
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("sgd.patience=-1", "sgd.patience: must be generation or a whole number from 0 to 10000, got -1"),
+        ("sgd.patience=later", "sgd.patience: must be generation or a whole number from 0 to 10000, got 'later'"),
+        ("sgd.patience=true", "sgd.patience: must be generation or a whole number from 0 to 10000, got True"),
+        ("pack.size=0", "pack.size: must be auto or a whole number from 1 to 10000, got 0"),
+        ("pack.size=foo", "pack.size: must be auto or a whole number from 1 to 10000, got 'foo'"),
+    ],
+)
+def test_a_count_or_a_word_is_refused_in_one_line_naming_both(override, line, capsys):
+    assert main(["spec", "--set", override]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"esgd: error: {line}"]
+
+
 def test_overrides_are_parsed_as_yaml():
     spec = load_spec("{}", ["population.mu=12", "sgd.batch_size=[16, 32]", "mode=population", "pack.size=4"])
     assert spec.population.mu == 12 and spec.sgd.batch_size == [16, 32] and spec.mode == "population"
@@ -70,16 +92,21 @@ def test_hyper_parameters_and_families_are_named_alike_everywhere():
 
 
 def test_fields_added_later_keep_older_runs_ids_and_frozen_specs():
-    """sgd.hparams, sgd.optimizer_state and evolution.sigma_scale came after runs existed: a spec
+    """sgd.hparams, sgd.optimizer_state, sgd.patience and evolution.sigma_scale came after runs existed: a spec
     holding the value those runs had hashes to the id it had (the field left out of the hash), and
     a frozen spec without the field loads with that value, whatever today's default is; every dump
     names the field, so a frozen spec loads back as it was."""
     from esgd.core.spec import ADDED, dump_spec, identity_text, load_frozen, parse_spec
 
     older = parse_spec(
-        {"sgd": {"hparams": "redraw", "optimizer_state": "reset"}, "evolution": {"sigma_scale": "absolute"}}
+        {
+            "sgd": {"hparams": "redraw", "optimizer_state": "reset", "patience": 0},
+            "evolution": {"sigma_scale": "absolute"},
+        }
     )
-    chosen = parse_spec({"sgd": {"hparams": "keep", "optimizer_state": "carry"}, "evolution": {"sigma_scale": "rms"}})
+    chosen = parse_spec(
+        {"sgd": {"hparams": "keep", "optimizer_state": "carry", "patience": 2}, "evolution": {"sigma_scale": "rms"}}
+    )
     for section, name in ADDED:
         assert f"{name}:" not in identity_text(older) and f"{name}:" in dump_spec(older)
         assert f"{name}: {getattr(getattr(chosen, section), name)}" in identity_text(chosen)
@@ -90,16 +117,22 @@ def test_fields_added_later_keep_older_runs_ids_and_frozen_specs():
 def test_the_default_run_id_of_a_spec_does_not_change():
     """`esgd run SPEC` resumes the run of the same spec by its default id (name plus a hash of the
     resolved spec): a new spec field must not change the ids of specs that do not use it. digits.yaml
-    as it was before sgd.hparams existed (the paper's lr annealing, redrawn hyper-parameters) keeps
+    as it was before sgd.hparams existed (the paper's lr annealing, redrawn hyper-parameters, K = 12
+    generations of one epoch, back-off after every epoch) keeps
     its id; today's digits.yaml is another spec."""
     from esgd.controller.runs import default_run_id
     from esgd.core.spec import read_spec
 
     digits = str(ROOT / "examples" / "digits.yaml")
-    assert default_run_id(read_spec(digits)) == "digits-9fbb72f8"
-    before = ["sgd.lr_anneal.end=0.2", "sgd.hparams=redraw"]
+    assert default_run_id(read_spec(digits)) == "digits-c2856387"
+    before = ["sgd.lr_anneal.end=0.2", "sgd.hparams=redraw", "generations=12", "sgd.epochs=1", "sgd.patience=0"]
     assert default_run_id(read_spec(digits, before)) == "digits-b0ef55a4"
-    named = ["evolution.parents=roulette", "sgd.optimizer_state=reset", "evolution.sigma_scale=absolute"]
+    named = [
+        "evolution.parents=roulette",
+        "sgd.optimizer_state=reset",
+        "sgd.patience=0",
+        "evolution.sigma_scale=absolute",
+    ]
     assert default_run_id(read_spec(digits, [*before, *named])) == "digits-b0ef55a4"  # defaults, named
-    for change in ("sgd.hparams=keep", "sgd.optimizer_state=carry", "evolution.sigma_scale=rms"):  # choices
+    for change in ("sgd.hparams=keep", "sgd.optimizer_state=carry", "sgd.patience=1", "evolution.sigma_scale=rms"):
         assert default_run_id(read_spec(digits, [*before, change])) != "digits-b0ef55a4"

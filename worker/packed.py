@@ -245,10 +245,11 @@ def train_pack(
     bf16: bool = False,
     compiled: bool = False,
     optimizer_states: list[State] | None = None,
+    patience: int = 0,
 ) -> list[TrainResult]:
     """train.train for k individuals at once; the pack is updated in place. Every individual must
     have the same batch size. `compiled`: torch.compile the gradient (forward and backward).
-    `optimizer_states`: as train.train's optimizer_state, one per individual."""
+    `optimizer_states`: as train.train's optimizer_state, one per individual; `patience`: as train.train's."""
     batch_size = hps[0].batch_size
     if any(hp.batch_size != batch_size for hp in hps):
         raise ValueError("a pack needs one batch size")
@@ -258,8 +259,8 @@ def train_pack(
     device = inputs.device
     coins = [generator(*seed, "backoff") for seed in seeds]
     results = [TrainResult(f, hp) for f, hp in zip(start_fitness, hps)]
+    saved = [t.detach().clone() for t in pack.tensors() + optimizer.tensors()]  # each row's anchor
     for epoch in range(epochs):
-        saved = [t.detach().clone() for t in pack.tensors() + optimizer.tensors()]
         orders = torch.stack(
             [
                 torch.randperm(len(inputs), generator=torch.Generator().manual_seed(int_seed(*seed, "data", epoch)))
@@ -273,19 +274,25 @@ def train_pack(
                 index = orders[:, start : start + batch_size]
                 optimizer.step(gradient(pack.flat, pack.buffers, inputs[index], targets[index]))
         values = pack_fitness(pack, task, fitness_data)
-        back = [
-            i
-            for i, (value, coin, result) in enumerate(zip(values, coins, results))
-            if result.end_epoch(value, coin.random(), p_backoff, halve_lr)
+        last = epoch == epochs - 1
+        actions = [
+            result.end_epoch(value, coin.random(), p_backoff, halve_lr, patience, last)
+            for value, coin, result in zip(values, coins, results)
         ]
+        back = [i for i, action in enumerate(actions) if action == "back"]
         if halve_lr:
             for i in back:
                 optimizer.hp["lr"][i] /= 2
-        if back:
-            rows = torch.tensor(back, device=device)
-            with torch.no_grad():
+        anchored = [i for i, action in enumerate(actions) if action == "anchor"]
+        with torch.no_grad():
+            if back:
+                rows = torch.tensor(back, device=device)
                 for tensor, old in zip(pack.tensors() + optimizer.tensors(), saved):
                     tensor[rows] = old[rows]
+            if anchored and not last:  # the last epoch's weights are never returned to
+                rows = torch.tensor(anchored, device=device)
+                for tensor, old in zip(pack.tensors() + optimizer.tensors(), saved):
+                    old[rows] = tensor[rows]
     if optimizer_states is not None:
         for result, state in zip(results, optimizer.states()):
             result.optimizer_state = state

@@ -128,6 +128,7 @@ def _train_pack(
         fitness_data=run.fitness_data,
         epochs=epochs,
         p_backoff=1.0 if spec.mode == "single" else spec.sgd.backoff,
+        patience=spec.sgd.patience_in(epochs),
         halve_lr=spec.mode == "single",
     )
     seeds = [run.seed(generation, m.member) for m in members]

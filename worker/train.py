@@ -49,20 +49,37 @@ class TrainResult:
     backoffs: int = 0
     epoch_fitness: list[float] = field(default_factory=list)
     optimizer_state: State | None = None  # after the last epoch, when the state is carried
+    anchor: float = field(init=False)  # fitness of the weights a back-off returns to (first: the start's)
+    stale: int = 0  # epochs in a row that ended worse than the anchor and were kept
 
-    def end_epoch(self, value: float, draw: float, p_backoff: float, halve_lr: bool) -> bool:
-        """Record an epoch whose fitness is `value`; True when it backs off (worse than before and
-        draw < p_backoff): the caller then restores the epoch's start, and with halve_lr trains on
-        with hparams.lr, halved here."""
-        back = value > self.fitness and draw < p_backoff
-        if back:
+    def __post_init__(self) -> None:
+        self.anchor = self.fitness
+
+    def end_epoch(self, value: float, draw: float, p_backoff: float, halve_lr: bool, patience: int, last: bool) -> str:
+        """Record an epoch whose fitness is `value` and say what the caller does with the weights:
+        "back" (return to the anchor's weights; with halve_lr train on with hparams.lr, halved here),
+        "anchor" (keep them, and they are the new anchor) or "keep" (keep them, the anchor stays).
+
+        The anchor is the best the step reached when patience > 0: an epoch worse than it is kept
+        until `patience` have been in a row, or the step's last epoch is, and then it backs off with
+        probability p_backoff. With patience 0 (the paper's) every worse epoch backs off with that
+        probability, and every kept epoch becomes the anchor: the previous epoch's weights."""
+        worse = value > self.anchor
+        self.stale = self.stale + 1 if worse else 0
+        if worse and (self.stale > patience or last) and draw < p_backoff:
             self.backoffs += 1
+            self.stale = 0
+            self.fitness = self.anchor
             if halve_lr:
                 self.hparams = self.hparams.with_lr(self.hparams.lr / 2)
+            action = "back"
         else:
             self.fitness = value
+            action = "anchor" if patience == 0 or not worse else "keep"
+            if action == "anchor":
+                self.anchor = value
         self.epoch_fitness.append(self.fitness)
-        return back
+        return action
 
 
 def train(
@@ -77,9 +94,12 @@ def train(
     seed: tuple,
     halve_lr: bool = False,
     optimizer_state: State | None = None,
+    patience: int = 0,
 ) -> TrainResult:
     """Train in place. After each epoch: if fitness got worse than the previous epoch's, return to
     the previous epoch's weights and optimizer state with probability p_backoff (1: strict).
+    With `patience` > 0 the worse epochs are compared with the best of the step and kept until
+    that many in a row (TrainResult.end_epoch), and the step ends on its best weights.
     With halve_lr (the `single` mode) the lr is also halved. `seed` = (seed, generation, member).
     With `optimizer_state` (sgd.optimizer_state: carry) the optimizer starts from it, and the
     result holds the state after the last epoch."""
@@ -90,9 +110,9 @@ def train(
     inputs, targets = train_data
     coin = generator(*seed, "backoff")
     result = TrainResult(start_fitness, hp)
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    saved_steps = steps
     for epoch in range(epochs):
-        saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-        saved_steps = steps
         order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(int_seed(*seed, "data", epoch)))
         order = order.to(inputs.device)
         model.train()
@@ -106,13 +126,17 @@ def train(
                 steps += 1
         value = fitness(model, task, fitness_data)
         # The coin is drawn every epoch, so later draws never depend on earlier outcomes.
-        if result.end_epoch(value, coin.random(), p_backoff, halve_lr):
+        action = result.end_epoch(value, coin.random(), p_backoff, halve_lr, patience, last=epoch == epochs - 1)
+        if action == "back":
             model.load_state_dict(saved_model)
-            optimizer.load_state_dict(saved_opt)
+            optimizer.load_state_dict(copy.deepcopy(saved_opt))  # it aliases the tensors it loads
             steps = saved_steps
             if halve_lr:
                 for group in optimizer.param_groups:
                     group["lr"] = result.hparams.lr
+        elif action == "anchor" and epoch < epochs - 1:  # the last one is never returned to
+            saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+            saved_steps = steps
     if optimizer_state is not None:
         result.optimizer_state = single_state(optimizer, result.hparams, steps)
     return result
