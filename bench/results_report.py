@@ -160,7 +160,13 @@ def setup_section(context: dict) -> list[str]:
         "differences (ESGD − baseline) / max(|ESGD|, |baseline|), so that tasks with large losses do not outweigh "
         "the others; tied pairs are dropped. p (ESGD better) is one-sided, p (two-sided) tests any difference.",
         f"- **Seeds** {', '.join(map(str, context['seeds']))}: the seed sets initial weights, hyper-parameter draws, "
-        "data order, selection; each task's data and split are fixed.",
+        "data order, selection; each task's data and split are fixed."
+        + (
+            f" The knob study (KNOBS.md) chose the defaults on seeds {', '.join(map(str, context['chosen_on']))} "
+            "of the same tasks; these seeds played no part in that."
+            if context.get("chosen_on")
+            else ""
+        ),
         "",
         "| mode | what |",
         "|---|---|",
