@@ -2,7 +2,7 @@
 several seeds, with equal per-individual budgets, and the markdown (with its plots) written from
 the measurements, never by hand.
 
-  python bench/results.py --out docs/RESULTS.md                       # the full suite (--jobs 1: ~33 min on one core)
+  python bench/results.py --out docs/RESULTS.md                       # the full suite (its runs: ~13 min on one core)
   python bench/results.py --out /tmp/r.md --quick                     # 2 tasks, 2 seeds, tiny budgets: a smoke test
   python bench/results.py --out docs/RESULTS.md --tasks iris,parity --modes esgd,population --seeds 3
 
@@ -82,10 +82,9 @@ TUNED = "tuned-single"
 
 # Budgets. FULL is what docs/RESULTS.md is made with: the spec's recommended defaults (µ = 8, λ = 8,
 # ρ = 2, m = 60 %, Ks = 5, the default optimizer pool and schedules), only K set: 50 epochs per
-# individual, as K = 50 generations of Ks = 1 were before the defaults became Ks = 5. 50 fits the
-# ~40-minute goal for the full default run on one core: one seed of every task and mode (112 runs,
-# --jobs 1, 1 thread) took 392 s on the 2-core development machine while others shared it (load
-# about 2), so 5 seeds about 33 min; K = 40 took 283 s a seed, K = 12 about 100 s. The store
+# individual, as K = 50 generations of Ks = 1 were before the defaults became Ks = 5. It fits the
+# ~40-minute goal for the full default run on one core: its 560 runs add up to 753 s (K = 10 × Ks = 5;
+# 1698 s at K = 50 × Ks = 1), measured 2 at a time on the 2-core development machine. The store
 # grows by about 0.5 GB a seed (every run keeps its checkpoints: `esgd report` and `lineage` read them).
 # Seeds 5..9: the knob study (bench/knobs.py) chose the defaults on seeds 0..4 of the same tasks, so
 # the suite measures them on seeds that played no part in choosing them (first_seed).
