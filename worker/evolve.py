@@ -56,14 +56,22 @@ def recombine_chunks(
     return out_layout, chunks()
 
 
+def _within(layout: Layout, start: int, stop: int) -> Iterator[tuple[int, slice]]:
+    """Each layout entry that values start..stop of the vector hold part of: its index, and that
+    part as a slice of the chunk."""
+    for index, e in enumerate(layout.entries):
+        lo, hi = max(e.offset, start), min(e.offset + e.numel, stop)
+        if lo < hi:
+            yield index, slice(lo - start, hi - start)
+
+
 def _noise_scale(layout: Layout, start: int, stop: int, scales: list[float] | None) -> np.ndarray:
     """The factor on σ for values start..stop of the vector: 0 for buffers (never mutated), for
     parameters their entry's scale, or 1 (multiplying by 1.0 keeps the noise's bits)."""
     out = np.zeros(stop - start)
-    for index, e in enumerate(layout.entries):
-        lo, hi = max(e.offset, start), min(e.offset + e.numel, stop)
-        if e.kind == "param" and lo < hi:
-            out[lo - start : hi - start] = 1.0 if scales is None else scales[index]
+    for index, part in _within(layout, start, stop):
+        if layout.entries[index].kind == "param":
+            out[part] = 1.0 if scales is None else scales[index]
     return out
 
 
@@ -73,10 +81,8 @@ def tensor_rms(source: BinaryIO) -> list[float]:
     sums, start = np.zeros(len(layout.entries)), 0
     for chunk in chunks:
         squares = np.square(chunk, dtype=np.float64)
-        for index, e in enumerate(layout.entries):
-            lo, hi = max(e.offset, start), min(e.offset + e.numel, start + len(chunk))
-            if lo < hi:
-                sums[index] += squares[lo - start : hi - start].sum()
+        for index, part in _within(layout, start, start + len(chunk)):
+            sums[index] += squares[part].sum()
         start += len(chunk)
     return [float(np.sqrt(total / e.numel)) if e.numel else 0.0 for total, e in zip(sums, layout.entries)]
 
