@@ -67,6 +67,12 @@ def _defaults(budget: dict) -> dict:
     return _combine(CONSTANT_LR, KEEP, _epochs_times(5, "generation")(budget))
 
 
+def _on_defaults(change):
+    """A variant of the spec's defaults: `change` (spec changes, or a function of the budget giving
+    them) on top of _defaults."""
+    return lambda budget: _combine(_defaults(budget), change(budget) if callable(change) else change)
+
+
 def _combine(*changes: dict) -> dict:
     out = {}
     for change in changes:
@@ -160,24 +166,24 @@ VARIANTS = {
     ),
     "defaults + ρ = 1": (
         "the spec's defaults, each offspring a mutated copy of one roulette-drawn parent (no averaging)",
-        lambda budget: _combine(_defaults(budget), {"population": {"rho": 1}}),
+        _on_defaults({"population": {"rho": 1}}),
     ),
     "defaults + ρ = 1 + hparams inherited": (
         "as defaults + ρ = 1, and the copy trains with its parent's hyper-parameters: close to a PBT exploit",
-        lambda budget: _combine(_defaults(budget), {"population": {"rho": 1}, "sgd": {"hparams": "inherit"}}),
+        _on_defaults({"population": {"rho": 1}, "sgd": {"hparams": "inherit"}}),
     ),
     "defaults + hparams inherited": (
         "the spec's defaults, an offspring training with its fittest parent's hyper-parameters",
-        lambda budget: _combine(_defaults(budget), {"sgd": {"hparams": "inherit"}}),
+        _on_defaults({"sgd": {"hparams": "inherit"}}),
     ),
-    "defaults + σ ×10": ("the spec's defaults and σ ×10", lambda budget: _combine(_defaults(budget), SIGMA_X10)),
+    "defaults + σ ×10": ("the spec's defaults and σ ×10", _on_defaults(SIGMA_X10)),
     "defaults + m = µ": (
         "the spec's defaults and m = µ",
-        lambda budget: _combine(_defaults(budget), _elite_all(budget)),
+        _on_defaults(_elite_all),
     ),
     "defaults + state carried": (
         "the spec's defaults and state carried",
-        lambda budget: _combine(_defaults(budget), CARRY),
+        _on_defaults(CARRY),
     ),
     "lr not annealed + hparams kept + state carried": ("the knobs named, together", _combine(CONSTANT_LR, KEEP, CARRY)),
     "lr not annealed + hparams kept + σ ×10": ("the knobs named, together", _combine(CONSTANT_LR, KEEP, SIGMA_X10)),
